@@ -1,0 +1,221 @@
+"""Typed view of params.yaml.
+
+params.yaml is the single home of hyper-parameters and paths; DVC reads it for stage
+invalidation and every stage receives the validated `Params` object built here. A bad value
+fails early with the dotted key, the offending value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_ENV = "CXR_PARAMS"
+DEFAULT_PARAMS_FILE = "params.yaml"
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or holds an invalid value."""
+
+
+class _Section(BaseModel):
+    # Unknown keys are typos until proven otherwise: refuse them.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProjectParams(_Section):
+    name: str = "cxr-clip"
+    seed: int = 1234
+
+
+class PathParams(_Section):
+    """Locations, relative to the project root unless absolute."""
+
+    raw_dir: str = "data/raw/demo"
+    catalog_dir: str = "data/catalog"
+    image_cache_dir: str = "data/image_cache"
+    artifacts_dir: str = "artifacts"
+    reports_dir: str = "reports"
+    cache_dir: str = ".cache/cxr"
+
+
+class DemoDataParams(_Section):
+    out_dir: str = Field("data/raw/demo", description="where the generator writes its studies")
+    n_studies: int = Field(300, ge=4, le=100_000)
+    seed: int = 7
+    image_size: int = Field(256, ge=64, le=4096, description="phantom side length in pixels")
+    n_institutions: int = Field(3, ge=1, le=10)
+    views_per_study_max: int = Field(2, ge=1, le=3)
+
+
+class IngestParams(_Section):
+    layout: Literal["mimic_cxr"] = Field("mimic_cxr", description="folder layout of paths.raw_dir")
+    source_name: str = Field("demo", description="label stored with every study (its data source)")
+    image_size: int = Field(224, ge=32, le=2048, description="cached image side (resize + pad)")
+    cache_bits: Literal[8, 16] = 8
+    workers: int = Field(2, ge=1, le=64)
+
+
+class QualityParams(_Section):
+    min_report_chars: int = Field(10, ge=0)
+    max_report_chars: int = Field(4000, ge=100)
+    impression_only_share: tuple[float, float] = (0.02, 0.8)
+    min_studies: int = Field(4, ge=1)
+
+    @field_validator("impression_only_share")
+    @classmethod
+    def _band_ordered(cls, band: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = band
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError("must be [low, high] with 0 <= low <= high <= 1")
+        return band
+
+
+class SplitParams(_Section):
+    train: float = Field(0.7, gt=0, lt=1)
+    val: float = Field(0.1, ge=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    salt: str = "cxr-split-v1"
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "SplitParams":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1, got {total:.4f}")
+        return self
+
+
+class LoraParams(_Section):
+    r: int = Field(8, ge=1, le=512)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class MntpParams(_Section):
+    steps: int = Field(20, ge=0)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    mask_probability: float = Field(0.2, gt=0, lt=1)
+
+
+class ContrastiveParams(_Section):
+    steps: int = Field(20, ge=0)
+    batch_size: int = Field(8, ge=2)
+    lr: float = Field(2e-4, gt=0)
+    loss_scale: float = Field(20.0, gt=0, description="1 / temperature")
+
+
+class TextEncoderParams(_Section):
+    base_model: str = Field(
+        "smollm2-gguf",
+        description="'smollm2-gguf' (embedded wheel), a local folder, a .gguf file or a HF id",
+    )
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    max_length: int = Field(128, ge=8, le=8192)
+    pooling: Literal["mean", "weighted_mean", "last_token"] = "mean"
+    instruction: str = "Retrieve the chest X-ray report that matches this report"
+    embed_batch_size: int = Field(16, ge=1)
+    lora: LoraParams = LoraParams()
+    mntp: MntpParams = MntpParams()
+    contrastive: ContrastiveParams = ContrastiveParams()
+
+
+class ClipParams(_Section):
+    vision_backbone: str = "resnet18"
+    vision_pretrained_path: str | None = None
+    image_size: int = Field(128, ge=32, le=1024)
+    embed_dim: int = Field(256, ge=8, le=4096)
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_steps: int = Field(5, ge=0)
+    init_logit_scale: float = Field(2.6592, description="ln(1/0.07)")
+    max_logit_scale: float = Field(4.6052, description="ln(100)")
+    threads: int = Field(2, ge=1, le=256)
+
+
+class EvaluationParams(_Section):
+    recall_at: list[int] = [1, 5, 10]
+    primary_metric: str = "mean_recall"
+    drift_tolerance: float = Field(0.05, ge=0, description="re-evaluation warns beyond this drop")
+    n_worst_examples: int = Field(5, ge=0)
+
+
+class RegistryParams(_Section):
+    tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_location: str = "mlartifacts"
+    experiment: str = "cxr-clip"
+    model_name: str = "cxr-clip"
+    promotion_margin: float = Field(0.0, ge=0, description="challenger must beat champion by this")
+
+
+class Params(_Section):
+    project: ProjectParams = ProjectParams()
+    paths: PathParams = PathParams()
+    demo_data: DemoDataParams = DemoDataParams()
+    ingest: IngestParams = IngestParams()
+    quality: QualityParams = QualityParams()
+    splits: SplitParams = SplitParams()
+    text_encoder: TextEncoderParams = TextEncoderParams()
+    clip: ClipParams = ClipParams()
+    evaluation: EvaluationParams = EvaluationParams()
+    registry: RegistryParams = RegistryParams()
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    """Field names allowed at the parent of `loc`, for 'unknown key' errors."""
+    model: type[BaseModel] = Params
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return sorted(model.model_fields)
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    lines = [f"invalid parameters in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "<root>"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key (allowed: {', '.join(_section_fields(item['loc']))})"
+        value = item.get("input")
+        shown = "" if isinstance(value, dict) else f" got {value!r};"
+        lines.append(f"  {key}:{shown} {message}")
+    return "\n".join(lines)
+
+
+def parse_params(raw: dict, source: str = "<dict>") -> Params:
+    """Validate a params mapping; raise ParamsError naming each bad key."""
+    try:
+        return Params.model_validate(raw or {})
+    except ValidationError as error:
+        raise ParamsError(_describe(error, source)) from None
+
+
+def params_file(path: str | os.PathLike | None = None) -> Path:
+    """The params file in use: explicit path, $CXR_PARAMS, or ./params.yaml."""
+    return Path(path or os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS_FILE).resolve()
+
+
+def load_params(path: str | os.PathLike | None = None) -> Params:
+    """Read and validate params.yaml (or $CXR_PARAMS)."""
+    file = params_file(path)
+    if not file.is_file():
+        raise ParamsError(f"params file not found: {file} (set {PARAMS_ENV} or run from the repo root)")
+    try:
+        raw = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise ParamsError(f"params file {file} is not valid YAML: {error}") from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ParamsError(f"params file {file} must hold a mapping at the top level")
+    return parse_params(raw, str(file))

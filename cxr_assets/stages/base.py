@@ -1,0 +1,159 @@
+"""What every stage returns, and how a stage proves its inputs exist.
+
+A stage is `run(params, paths, progress) -> StageResult`. The result carries plain values the
+adapters translate: Dagster turns them into asset metadata and check results, the CLI prints
+them and exits non-zero when a blocking check failed (so `dvc repro` stops where Dagster would).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@dataclass(frozen=True)
+class Markdown:
+    """Metadata value rendered as markdown in the Dagster UI."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class TablePreview:
+    """A few rows of a table, shown as a markdown table in the UI."""
+
+    rows: list[dict[str, Any]]
+
+    def to_markdown(self) -> str:
+        if not self.rows:
+            return "_empty_"
+        columns = list(self.rows[0])
+        lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+        for row in self.rows:
+            cells = [str(row.get(c, "")).replace("|", "\\|").replace("\n", " ")[:80] for c in columns]
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+@dataclass
+class CheckOutcome:
+    """A data-quality or model gate evaluated by a stage."""
+
+    name: str
+    passed: bool
+    blocking: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StageResult:
+    stage: str
+    outputs: dict[str, Path]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    checks: list[CheckOutcome] = field(default_factory=list)
+
+    @property
+    def blocking_failures(self) -> list[CheckOutcome]:
+        return [c for c in self.checks if c.blocking and not c.passed]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able view (CLI output, stage summary file)."""
+
+        def plain(value: Any) -> Any:
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, Markdown):
+                return value.text
+            if isinstance(value, TablePreview):
+                return value.rows
+            if isinstance(value, dict):
+                return {k: plain(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [plain(v) for v in value]
+            return value
+
+        return {
+            "stage": self.stage,
+            "outputs": plain(self.outputs),
+            "metadata": plain(self.metadata),
+            "checks": [
+                {"name": c.name, "passed": c.passed, "blocking": c.blocking,
+                 "description": c.description, "metadata": plain(c.metadata)}
+                for c in self.checks
+            ],
+        }
+
+
+class MissingUpstreamError(RuntimeError):
+    """A stage was asked to run before the assets it reads were materialized."""
+
+    def __init__(self, stage: str, missing: dict[str, list[Path]]):
+        names = sorted(missing)
+        files = "; ".join(f"{n}: {', '.join(str(p) for p in missing[n])}" for n in names)
+        super().__init__(
+            f"{stage} cannot run: upstream asset(s) {', '.join(names)} were never materialized "
+            f"(missing {files}). Build them first with "
+            f"`dagster asset materialize --select '+{stage}'` or `dvc repro {stage}`."
+        )
+        self.stage = stage
+        self.missing = missing
+
+
+def require(stage: str, needed: dict[str, list[Path]]) -> None:
+    """Raise MissingUpstreamError naming every upstream asset whose files are absent."""
+    missing = {name: [p for p in files if not p.exists()] for name, files in needed.items()}
+    missing = {name: files for name, files in missing.items() if files}
+    if missing:
+        raise MissingUpstreamError(stage, missing)
+
+
+@contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Write a folder next to `target`, then swap it in: readers never see half a model."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        old = target.with_name(f".{target.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """Atomic JSON write (sorted keys so DVC hashes are stable for equal content)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def write_parquet(frame: Any, path: Path) -> Path:
+    """Atomic Parquet write of a Polars frame."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.write_parquet(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def png_markdown(path: Path, title: str | None = None) -> str:
+    """Inline a PNG as a data URI: the Dagster UI renders it in asset metadata."""
+    import base64
+
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f"**{title or path.stem}**\n\n![{path.stem}](data:image/png;base64,{data})"

@@ -1,0 +1,44 @@
+"""Run a data contract (GX suite in data_contracts/) as a stage check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cxr_assets.config import Params
+from cxr_assets.stages.base import CheckOutcome
+
+CONTRACTS_DIR = Path(__file__).resolve().parents[2] / "data_contracts"
+
+
+def contract_overrides(params: Params) -> dict[str, Any]:
+    """Values the suites reference as ${...} placeholders, so thresholds live in params.yaml."""
+    q = params.quality
+    low, high = q.impression_only_share
+    return {
+        "quality.min_report_chars": q.min_report_chars,
+        "quality.max_report_chars": q.max_report_chars,
+        "quality.impression_only_share_low": low,
+        "quality.impression_only_share_high": high,
+        "quality.min_studies": q.min_studies,
+    }
+
+
+def contract_check(frame: Any, suite: str, params: Params, blocking: bool) -> CheckOutcome:
+    """Validate a Polars frame against data_contracts/expectations/<suite>.json."""
+    from cxr_assets.quality.contracts import run_contract
+
+    result = run_contract(frame.to_pandas(), suite, CONTRACTS_DIR, overrides=contract_overrides(params))
+    failed = [f"{f.get('expectation')}({f.get('column') or ''})" for f in result.failed]
+    return CheckOutcome(
+        name=f"{suite}_contract",
+        passed=result.success,
+        blocking=blocking,
+        description=f"Great Expectations suite data_contracts/expectations/{suite}.json",
+        metadata={
+            "expectations": result.n_expectations,
+            "failed": len(result.failed),
+            "failed_expectations": ", ".join(failed) or "none",
+            "details": result.failed,
+        },
+    )

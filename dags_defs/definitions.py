@@ -1,0 +1,43 @@
+"""The one Definitions object: assets, checks, jobs, the re-evaluation schedule, resources."""
+
+from __future__ import annotations
+
+from dagster import (
+    AssetSelection,
+    DefaultScheduleStatus,
+    Definitions,
+    ScheduleDefinition,
+    define_asset_job,
+    in_process_executor,
+)
+
+from dags_defs.assets import pipeline_assets, reevaluation_asset
+from dags_defs.resources import DvcRecorder, PipelineConfig
+
+# One process, one step at a time: the chain is sequential, DuckDB and DVC want one writer,
+# and the stages already use every core for torch and image decoding.
+cxr_pipeline = define_asset_job(
+    "cxr_pipeline",
+    selection=AssetSelection.assets(*pipeline_assets),
+    description="The whole chain: ingestion -> reports -> text encoder -> CLIP -> evaluation -> promotion.",
+)
+champion_reevaluation_job = define_asset_job(
+    "champion_reevaluation_job",
+    selection=AssetSelection.assets(reevaluation_asset),
+    description="Re-evaluate models:/<name>@champion on the current test split.",
+)
+champion_reevaluation = ScheduleDefinition(
+    name="champion_reevaluation",
+    job=champion_reevaluation_job,
+    cron_schedule="0 6 * * *",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Daily re-evaluation of the champion model; warns on metric drift.",
+)
+
+defs = Definitions(
+    assets=[*pipeline_assets, reevaluation_asset],
+    jobs=[cxr_pipeline, champion_reevaluation_job],
+    schedules=[champion_reevaluation],
+    resources={"pipeline": PipelineConfig(), "dvc": DvcRecorder()},
+    executor=in_process_executor,
+)

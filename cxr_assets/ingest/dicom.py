@@ -1,0 +1,196 @@
+"""DICOM header reading and pixel decoding for chest radiographs.
+
+Headers are read without pixel data so a catalog scan of a large tree stays cheap; pixels are
+decoded only by the image cache. Decoding returns display-ready intensities: Modality LUT
+(rescale), then VOI LUT / window, normalised to [0, 1] over the range the DICOM standard says
+those transforms produce, and MONOCHROME1 inverted so that dense tissue (bone) is bright.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+# Tags without which an image cannot be catalogued or decoded.
+REQUIRED_TAGS = (
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "PhotometricInterpretation",
+    "BitsStored",
+    "Rows",
+    "Columns",
+)
+MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+
+
+class DicomError(ValueError):
+    """A DICOM file cannot be read or decoded; the message starts with the file path."""
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    path: Path
+    sop_instance_uid: str
+    study_instance_uid: str
+    patient_id: str | None
+    modality: str | None
+    view_position: str | None
+    photometric: str
+    bits_stored: int
+    rows: int
+    columns: int
+    pixel_spacing: str | None
+    number_of_frames: int
+
+    def as_row(self) -> dict:
+        row = asdict(self)
+        row["path"] = str(self.path)
+        return row
+
+
+def _text(value: object) -> str | None:
+    """DICOM string value -> stripped str, or None when empty/absent."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _dcmread(path: Path, stop_before_pixels: bool):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    if not path.is_file():
+        raise DicomError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DicomError(f"{path}: empty file (0 bytes)")
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        pass  # maybe an old file without the 128-byte preamble: retry leniently below
+    except Exception as error:  # noqa: BLE001 - pydicom raises many types on corrupt data
+        raise DicomError(f"{path}: unreadable DICOM ({type(error).__name__}: {error})") from None
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    except Exception:  # noqa: BLE001 - any failure here means "not DICOM"
+        raise DicomError(f"{path}: not a DICOM file") from None
+    # force=True "parses" any bytes; without the core UIDs it was not DICOM at all.
+    if "SOPInstanceUID" not in ds and "StudyInstanceUID" not in ds:
+        raise DicomError(f"{path}: not a DICOM file")
+    return ds
+
+
+def _header_from_dataset(path: Path, ds) -> DicomHeader:
+    try:
+        missing = [tag for tag in REQUIRED_TAGS if _text(ds.get(tag)) is None]
+    except Exception as error:  # noqa: BLE001 - lazy element parsing fails in many ways
+        raise DicomError(f"{path}: corrupt header ({type(error).__name__}: {error})") from None
+    if missing:
+        raise DicomError(f"{path}: missing required tag(s) {', '.join(missing)}")
+    try:
+        spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+        pixel_spacing = "\\".join(str(v) for v in spacing) if spacing else None
+        frames = int(ds.get("NumberOfFrames") or 1)
+        return DicomHeader(
+            path=path,
+            sop_instance_uid=str(ds.SOPInstanceUID).strip(),
+            study_instance_uid=str(ds.StudyInstanceUID).strip(),
+            patient_id=_text(ds.get("PatientID")),
+            modality=_text(ds.get("Modality")),
+            view_position=_text(ds.get("ViewPosition")),
+            photometric=str(ds.PhotometricInterpretation).strip(),
+            bits_stored=int(ds.BitsStored),
+            rows=int(ds.Rows),
+            columns=int(ds.Columns),
+            pixel_spacing=pixel_spacing,
+            number_of_frames=frames,
+        )
+    except (TypeError, ValueError) as error:
+        raise DicomError(f"{path}: bad header value ({error})") from None
+
+
+def read_header(path: Path) -> DicomHeader:
+    """Read the header only (no pixel data). Raise DicomError on corrupt files or missing tags."""
+    path = Path(path)
+    return _header_from_dataset(path, _dcmread(path, stop_before_pixels=True))
+
+
+def _stored_range(ds) -> tuple[float, float]:
+    bits = int(ds.BitsStored)
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        return 0.0, float(2**bits - 1)
+    return float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+
+
+def _lut_range(item) -> tuple[float, float]:
+    bits = int(item.LUTDescriptor[2])
+    return 0.0, float(2**bits - 1)
+
+
+def _modality_range(ds) -> tuple[float, float]:
+    """Output range of the Modality LUT stage (same rule pydicom's windowing uses)."""
+    if ds.get("ModalityLUTSequence"):
+        return _lut_range(ds.ModalityLUTSequence[0])
+    lo, hi = _stored_range(ds)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        lo, hi = sorted((lo * slope + intercept, hi * slope + intercept))
+    return lo, hi
+
+
+def decode_pixels(path: Path) -> np.ndarray:
+    """Decode a single-frame monochrome DICOM to float32 in [0, 1], bright = dense.
+
+    Applies Modality LUT (rescale) and the first VOI LUT or window, masks values to BitsStored
+    and inverts MONOCHROME1. Raises DicomError for multi-frame, colour or undecodable files.
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    path = Path(path)
+    ds = _dcmread(path, stop_before_pixels=False)
+    header = _header_from_dataset(path, ds)
+    if header.number_of_frames != 1:
+        raise DicomError(
+            f"{path}: multi-frame image ({header.number_of_frames} frames) not supported"
+        )
+    if header.photometric not in MONOCHROME:
+        raise DicomError(f"{path}: unsupported PhotometricInterpretation {header.photometric!r}")
+    if "PixelData" not in ds:
+        raise DicomError(f"{path}: no pixel data")
+    try:
+        raw = ds.pixel_array
+    except Exception as error:  # noqa: BLE001 - decoder plugins raise their own types
+        raise DicomError(
+            f"{path}: cannot decode pixels ({type(error).__name__}: {error})"
+        ) from None
+    if raw.ndim != 2:
+        raise DicomError(f"{path}: expected a 2-D image, got shape {raw.shape}")
+    if raw.dtype.kind == "u" and header.bits_stored < raw.dtype.itemsize * 8:
+        # Bits above BitsStored may hold overlays or garbage in some files.
+        raw = raw & np.array((1 << header.bits_stored) - 1, dtype=raw.dtype)
+
+    try:
+        values = apply_modality_lut(raw, ds)
+        lo, hi = _modality_range(ds)
+        voi = ds.get("VOILUTSequence")
+        has_voi_lut = bool(voi) and None not in (voi[0].get("LUTDescriptor"), voi[0].get("LUTData"))
+        has_window = ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None
+        if has_voi_lut or has_window:
+            values = apply_voi_lut(values, ds, index=0, prefer_lut=True)
+            if has_voi_lut:
+                lo, hi = _lut_range(voi[0])
+            # Windowing maps into the modality output range, so (lo, hi) stays valid.
+    except Exception as error:  # noqa: BLE001 - bad LUT/window values surface in many ways
+        raise DicomError(
+            f"{path}: cannot apply LUT/window ({type(error).__name__}: {error})"
+        ) from None
+
+    values = np.asarray(values, dtype=np.float64)
+    if hi <= lo:
+        raise DicomError(f"{path}: degenerate intensity range [{lo}, {hi}]")
+    image = np.clip((values - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    if header.photometric == "MONOCHROME1":
+        image = 1.0 - image
+    return image

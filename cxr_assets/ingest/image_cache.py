@@ -1,0 +1,176 @@
+"""Content-keyed cache of decoded, resized and padded images (PNG).
+
+The key is sha256(file_sha256 + preprocessing params), so an unchanged DICOM is decoded once
+per preprocessing setting, whatever its path; changing the size or bit depth makes new keys.
+Decoding runs in a spawn-based process pool (safe next to torch threads and in Dagster).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+from tqdm.auto import tqdm
+
+from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
+
+STAGE = "study_images"
+# Bump when the decoding or resizing code changes what a cached PNG contains.
+PREPROCESS_VERSION = "1"
+RESAMPLE = "lanczos"
+PAD = "center-black"
+
+
+def cache_key(file_sha256: str, size: int, bits: int) -> str:
+    params = f"v={PREPROCESS_VERSION}|size={size}|bits={bits}|resample={RESAMPLE}|pad={PAD}"
+    return hashlib.sha256(f"{file_sha256}|{params}".encode()).hexdigest()
+
+
+def cache_path_for(cache_dir: Path, key: str) -> Path:
+    return Path(cache_dir) / key[:2] / f"{key}.png"
+
+
+def resize_and_pad(image: np.ndarray, size: int) -> np.ndarray:
+    """Aspect-preserving Lanczos resize of a [0, 1] float image so the long side is `size`, centred on black."""
+    from PIL import Image
+
+    rows, cols = image.shape
+    scale = size / max(rows, cols)
+    new_rows = max(1, min(size, round(rows * scale)))
+    new_cols = max(1, min(size, round(cols * scale)))
+    # A float32 array gives a mode "F" image: full precision through the resampling filter.
+    resized = Image.fromarray(image.astype(np.float32)).resize(
+        (new_cols, new_rows), resample=Image.Resampling.LANCZOS
+    )
+    canvas = np.zeros((size, size), dtype=np.float32)
+    top, left = (size - new_rows) // 2, (size - new_cols) // 2
+    canvas[top : top + new_rows, left : left + new_cols] = np.asarray(resized)
+    return np.clip(canvas, 0.0, 1.0)  # Lanczos overshoots at edges
+
+
+def write_png_atomic(image: np.ndarray, path: Path, bits: int) -> None:
+    """Quantise a [0, 1] image to 8 or 16 bit and write it as PNG via tmp + rename."""
+    from PIL import Image
+
+    if bits == 8:
+        pil = Image.fromarray(np.round(image * 255.0).astype(np.uint8))
+    elif bits == 16:
+        pil = Image.fromarray(np.round(image * 65535.0).astype(np.uint16))
+    else:
+        raise ValueError(f"cache bits must be 8 or 16, got {bits}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        pil.save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _cache_one(dicom_path: str, out_path: str, size: int, bits: int) -> str | None:
+    """Worker (top level so spawn can pickle it): decode, resize, write. Returns an error or None."""
+    from cxr_assets.ingest.dicom import DicomError, decode_pixels
+
+    try:
+        image = decode_pixels(Path(dicom_path))
+        write_png_atomic(resize_and_pad(image, size), Path(out_path), bits)
+    except DicomError as error:
+        return str(error).removeprefix(f"{dicom_path}: ")
+    except Exception as error:  # noqa: BLE001 - one bad image must not stop the run: it is quarantined
+        return f"cannot cache image ({type(error).__name__}: {error})"
+    return None
+
+
+def cache_images(
+    images: pl.DataFrame,
+    cache_dir: Path,
+    size: int,
+    bits: int = 8,
+    workers: int = 2,
+    progress: bool = True,
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Decode every catalogued image into the PNG cache; skip keys already cached.
+
+    Returns (study_images = images + cache_path, cache_key, was_cached; quarantine rows for
+    images that failed to decode, stage "study_images").
+    """
+    if bits not in (8, 16):
+        raise ValueError(f"cache bits must be 8 or 16, got {bits}")
+    if size < 1:
+        raise ValueError(f"cache image size must be positive, got {size}")
+    missing = {"image_id", "study_id", "dicom_path", "file_sha256"} - set(images.columns)
+    if missing:
+        raise ValueError(f"images table lacks column(s) {sorted(missing)}")
+    cache_dir = Path(cache_dir)
+
+    keys = [cache_key(sha, size, bits) for sha in images["file_sha256"].to_list()]
+    paths = [cache_path_for(cache_dir, key) for key in keys]
+    was_cached = [path.is_file() for path in paths]
+
+    # One decode per key, even when several rows share the same file content.
+    todo: dict[str, tuple[str, str]] = {}
+    for key, path, cached, dicom in zip(keys, paths, was_cached, images["dicom_path"].to_list()):
+        if not cached and key not in todo:
+            todo[key] = (dicom, str(path))
+
+    errors: dict[str, str] = {}
+    done: set[str] = set()
+    bar = tqdm(total=len(todo), desc="study_images", unit="img", disable=not progress)
+
+    def run_serially() -> None:
+        for key, (dicom, out) in todo.items():
+            if key in done:
+                continue
+            if (error := _cache_one(dicom, out, size, bits)) is not None:
+                errors[key] = error
+            done.add(key)
+            bar.update()
+
+    if workers <= 1 or len(todo) <= 1:
+        run_serially()
+    else:
+        context = multiprocessing.get_context("spawn")
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                futures = {
+                    pool.submit(_cache_one, dicom, out, size, bits): key
+                    for key, (dicom, out) in todo.items()
+                }
+                for future in as_completed(futures):
+                    if (error := future.result()) is not None:
+                        errors[futures[future]] = error
+                    done.add(futures[future])
+                    bar.update()
+        except BrokenProcessPool as error:
+            # Workers could not start (e.g. an interactive __main__ spawn cannot re-import) or
+            # died: finish in this process rather than fail the whole stage.
+            warnings.warn(f"image cache pool broke ({error}); finishing serially", stacklevel=2)
+            run_serially()
+    bar.close()
+
+    table = images.with_columns(
+        pl.Series("cache_path", [str(p) for p in paths], dtype=pl.String),
+        pl.Series("cache_key", keys, dtype=pl.String),
+        pl.Series("was_cached", was_cached, dtype=pl.Boolean),
+    )
+    failed = pl.Series(keys).is_in(list(errors))
+    quarantine = pl.DataFrame(
+        [
+            {
+                "path": row["dicom_path"],
+                "study_id": row["study_id"],
+                "reason": errors[row["cache_key"]],
+                "stage": STAGE,
+            }
+            for row in table.filter(failed).iter_rows(named=True)
+        ],
+        schema=QUARANTINE_SCHEMA,
+    )
+    return table.filter(~failed), quarantine

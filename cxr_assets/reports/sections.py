@@ -1,0 +1,259 @@
+"""Read free-text radiology reports and split them into sections.
+
+Real reports come in many shapes: "FINDINGS:" / "Findings -" / "FINDINGS" on its own line,
+CONCLUSION or OPINION instead of IMPRESSION, HISTORY instead of INDICATION, everything on one
+line, or no headers at all (an impression-only note). The splitter recognises a fixed set of
+header synonyms and never drops text: anything under an unknown heading stays with the section
+before it, text before the first header is kept (see `split_sections`), and the original report
+is kept beside the sections by `parse_reports`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+from tqdm.auto import tqdm
+
+STAGE = "report_texts"
+SECTIONS = ("findings", "impression", "indication", "comparison", "technique")
+
+# Header synonyms per section (matched case-insensitively, longest first).
+HEADER_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "findings": (
+        "findings and impressions",
+        "findings and impression",
+        "findings/impression",
+        "findings",
+        "finding",
+    ),
+    "impression": ("impressions", "impression", "conclusions", "conclusion", "opinion", "summary"),
+    "indication": (
+        "clinical indications",
+        "clinical indication",
+        "clinical history",
+        "clinical information",
+        "clinical details",
+        "reason for examination",
+        "reason for exam",
+        "reason for study",
+        "indications",
+        "indication",
+        "history",
+    ),
+    "comparison": (
+        "comparison study",
+        "comparison exam",
+        "comparisons",
+        "comparison",
+        "prior studies",
+    ),
+    "technique": ("type of examination", "technique", "examination", "procedure", "exam", "views"),
+}
+_SECTION_OF = {name: section for section, names in HEADER_SYNONYMS.items() for name in names}
+
+
+def _alternation(names: list[str]) -> str:
+    # Longest first so "clinical history" wins over "history"; any whitespace between words.
+    return "|".join(
+        re.escape(n).replace(r"\ ", r"\s+") for n in sorted(names, key=len, reverse=True)
+    )
+
+
+_ALTERNATION = _alternation(list(_SECTION_OF))
+_UPPER_ALTERNATION = _alternation([name.upper() for name in _SECTION_OF])
+# At the start of a line: "FINDINGS:", "Findings -", "FINDINGS" alone on its line.
+_LINE_HEADER = re.compile(
+    rf"^[ \t]*(?P<name>{_ALTERNATION})[ \t]*(?::|[-\u2013\u2014]+(?=[ \t]|$)|(?=\n)|$)",
+    re.IGNORECASE | re.MULTILINE,
+)
+# Inside a line, after the end of a sentence: "... no effusion. Impression: normal."
+_INLINE_HEADER = re.compile(rf"(?<=[.;!?])[ \t]+(?P<name>{_ALTERNATION})[ \t]*:", re.IGNORECASE)
+# Inside a line, an upper-case header with a colon: "... clear IMPRESSION: normal."
+_UPPER_INLINE_HEADER = re.compile(rf"(?<=\s)(?P<name>{_UPPER_ALTERNATION})[ \t]*:")
+# Preamble lines like "FINAL REPORT" or "CHEST PA AND LATERAL": titles, not findings.
+_TITLE_LINE = re.compile(r"^[^a-z.]*[A-Z][^a-z.]*$")
+
+
+class ReportError(ValueError):
+    """A report file is missing, empty or not text; the message starts with the path."""
+
+
+def _canonical(name: str) -> str:
+    return _SECTION_OF[" ".join(name.lower().split())]
+
+
+def _find_headers(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, section) of every recognised header, in order, without overlaps."""
+    found: list[tuple[int, int, str]] = []
+    for pattern in (_LINE_HEADER, _INLINE_HEADER, _UPPER_INLINE_HEADER):
+        for match in pattern.finditer(text):
+            found.append((match.start("name"), match.end(), _canonical(match.group("name"))))
+    found.sort()
+    kept: list[tuple[int, int, str]] = []
+    for start, end, section in found:
+        if not kept or start >= kept[-1][1]:
+            kept.append((start, end, section))
+    return kept
+
+
+def _is_title(line: str) -> bool:
+    line = line.strip()
+    return bool(_TITLE_LINE.match(line)) and len(line.split()) <= 8
+
+
+def _join(parts: list[str]) -> str | None:
+    kept: list[str] = []
+    seen: set[str] = set()
+    for part in parts:
+        key = " ".join((part or "").split())
+        # An exact repeat of a section (pasted twice by the reporting system) adds nothing.
+        if key and key not in seen:
+            seen.add(key)
+            kept.append(part.strip())
+    return "\n".join(kept) if kept else None
+
+
+def split_sections(text: str) -> dict[str, str | None]:
+    """Split a report into findings / impression / indication / comparison / technique.
+
+    - No recognised header: the whole text is the impression (an impression-only note).
+    - Text before the first header: title-like upper-case lines go to technique; the rest is
+      the findings when the report has no FINDINGS header (narrative body followed by
+      IMPRESSION), otherwise technique.
+    - Repeated sections are joined (exact repeats once); unknown headings stay inside the
+      preceding section.
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"report text must be str, got {type(text).__name__}")
+    parts: dict[str, list[str]] = {section: [] for section in SECTIONS}
+    headers = _find_headers(text)
+    if not headers:
+        parts["impression"].append(text)
+        return {section: _join(parts[section]) for section in SECTIONS}
+
+    for i, (_, end, section) in enumerate(headers):
+        stop = headers[i + 1][0] if i + 1 < len(headers) else len(text)
+        parts[section].append(text[end:stop])
+
+    preamble_lines = [line for line in text[: headers[0][0]].splitlines() if line.strip()]
+    titles = [line for line in preamble_lines if _is_title(line)]
+    body = [line for line in preamble_lines if not _is_title(line)]
+    parts["technique"] = titles + parts["technique"]
+    if body:
+        target = "technique" if _join(parts["findings"]) else "findings"
+        parts[target] = [*body, *parts[target]] if target == "findings" else [*parts[target], *body]
+    return {section: _join(parts[section]) for section in SECTIONS}
+
+
+def normalize_whitespace(text: str) -> str:
+    return " ".join(text.split())
+
+
+def training_text(sections: dict[str, str | None]) -> str | None:
+    """FINDINGS + IMPRESSION, whitespace-normalised: what the text encoder sees."""
+    joined = " ".join(s for s in (sections.get("findings"), sections.get("impression")) if s)
+    return normalize_whitespace(joined) or None
+
+
+def read_report(path: Path) -> str:
+    """Read a report as text (UTF-8, then cp1252, then latin-1), newlines normalised to \\n."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ReportError(f"{path}: report file not found") from None
+    except OSError as error:
+        raise ReportError(f"{path}: cannot read report ({error.strerror or error})") from None
+    if not data.strip():
+        raise ReportError(f"{path}: empty report")
+    control = sum(1 for b in data if b < 32 and b not in (9, 10, 12, 13))
+    if b"\x00" in data or control / len(data) > 0.05:
+        raise ReportError(f"{path}: binary content, not a text report")
+    for encoding in ("utf-8-sig", "cp1252"):
+        try:
+            text = data.decode(encoding)
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        text = data.decode("latin-1")  # maps every byte: the last resort never fails
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+REPORT_TEXTS_SCHEMA: dict[str, pl.DataType] = {
+    "study_id": pl.String,
+    "patient_id": pl.String,
+    "source": pl.String,
+    "report_text": pl.String,
+    **{section: pl.String for section in SECTIONS},
+    "report_for_training": pl.String,
+    "n_chars": pl.Int64,
+}
+
+
+def parse_reports(
+    studies: pl.DataFrame, progress: bool = True
+) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Read and split each study's report.
+
+    Returns (report_texts, quarantine). n_chars is the length of report_for_training. Reports
+    that cannot be read, or hold no findings/impression text, are quarantined (stage
+    "report_texts") with the reason.
+    """
+    from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
+
+    missing = {"study_id", "patient_id", "report_path"} - set(studies.columns)
+    if missing:
+        raise ValueError(f"studies table lacks column(s) {sorted(missing)}")
+    has_source = "source" in studies.columns
+    rows: list[dict] = []
+    quarantine: list[dict] = []
+
+    def reject(path: object, study_id: str, reason: str) -> None:
+        quarantine.append(
+            {
+                "path": None if path is None else str(path),
+                "study_id": study_id,
+                "reason": reason,
+                "stage": STAGE,
+            }
+        )
+
+    for study in tqdm(
+        studies.iter_rows(named=True),
+        total=studies.height,
+        desc="report_texts",
+        unit="report",
+        disable=not progress,
+    ):
+        path = study["report_path"]
+        if not path:
+            reject(None, study["study_id"], "study has no report path")
+            continue
+        try:
+            text = read_report(Path(path))
+        except ReportError as error:
+            reject(path, study["study_id"], str(error).removeprefix(f"{path}: "))
+            continue
+        sections = split_sections(text)
+        train_text = training_text(sections)
+        if train_text is None:
+            reject(path, study["study_id"], "no findings or impression text")
+            continue
+        rows.append(
+            {
+                "study_id": study["study_id"],
+                "patient_id": study["patient_id"],
+                "source": study["source"] if has_source else None,
+                "report_text": text,
+                **sections,
+                "report_for_training": train_text,
+                "n_chars": len(train_text),
+            }
+        )
+    return (
+        pl.DataFrame(rows, schema=REPORT_TEXTS_SCHEMA),
+        pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA),
+    )

@@ -1,0 +1,33 @@
+"""LLM2Vec-style report encoder: base-LLM loading, bidirectional attention, MNTP, contrastive
+training, pooling and the `TextEncoder` API.
+
+Importing this package is cheap: torch / transformers / peft are imported inside functions.
+"""
+
+from cxr_assets.text.adapt import AdaptationResult, adapt_text_encoder
+from cxr_assets.text.base_model import load_causal_lm, resolve_base_model, smollm2_gguf_path
+from cxr_assets.text.bidirectional import enable_bidirectional, is_bidirectional
+from cxr_assets.text.contrastive import train_contrastive
+from cxr_assets.text.encoder import TextEncoder
+from cxr_assets.text.mntp import train_mntp
+from cxr_assets.text.pooling import POOLING_MODES, pool
+from cxr_assets.text.tiny import make_tiny_causal_lm
+from cxr_assets.text.tokenization import SEPARATOR, tokenize_with_instruction
+
+__all__ = [
+    "POOLING_MODES",
+    "SEPARATOR",
+    "AdaptationResult",
+    "TextEncoder",
+    "adapt_text_encoder",
+    "enable_bidirectional",
+    "is_bidirectional",
+    "load_causal_lm",
+    "make_tiny_causal_lm",
+    "pool",
+    "resolve_base_model",
+    "smollm2_gguf_path",
+    "tokenize_with_instruction",
+    "train_contrastive",
+    "train_mntp",
+]

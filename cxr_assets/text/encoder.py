@@ -1,0 +1,270 @@
+"""The report encoder used by the rest of the pipeline: a bidirectional LLM body + pooling.
+
+A saved encoder is a plain folder: the merged transformer body (`model.safetensors`,
+`config.json`), the tokenizer files and `encoder_config.json` (pooling, instruction, separator,
+max_length, base_model, dim, content_hash). `content_hash` identifies what the encoder computes
+(all weight/config/tokenizer bytes + the encoding settings), so embedding caches can key on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ENCODER_CONFIG = "encoder_config.json"
+_HASH_FIELDS = ("pooling", "instruction", "separator", "max_length", "base_model", "dim")
+
+
+def folder_hash(folder: Path, settings: dict[str, Any]) -> str:
+    """Short sha256 (16 hex) over every top-level file of `folder` (but encoder_config.json) and `settings`."""
+    digest = hashlib.sha256()
+    files = sorted(
+        p
+        for p in Path(folder).iterdir()
+        if p.is_file() and p.name != ENCODER_CONFIG and not p.name.startswith(".")
+    )
+    for file in files:
+        digest.update(file.name.encode() + b"\0")
+        with open(file, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        digest.update(b"\0")
+    digest.update(json.dumps({k: settings[k] for k in _HASH_FIELDS}, sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
+def _replace_folder(tmp: Path, target: Path) -> None:
+    """Move a fully written tmp folder to target, replacing any previous version."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+        target.rename(old)
+    tmp.rename(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+class TextEncoder:
+    """Bidirectional LLM report encoder: `encode(texts) -> float32 [N, dim]` (not normalised)."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        pooling: str = "mean",
+        instruction: str = "",
+        max_length: int = 128,
+        base_model: str = "",
+        content_hash: str | None = None,
+        source_dir: Path | None = None,
+    ) -> None:
+        from cxr_assets.text.base_model import backbone, prepare_tokenizer
+        from cxr_assets.text.bidirectional import enable_bidirectional
+        from cxr_assets.text.pooling import POOLING_MODES
+        from cxr_assets.text.tokenization import SEPARATOR
+
+        if pooling not in POOLING_MODES:
+            raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+        if max_length < 8:
+            raise ValueError(f"max_length must be >= 8, got {max_length}")
+        # Keep only the body: the LM head is not needed to embed (and is tied on small LLMs).
+        self.model = enable_bidirectional(backbone(model)).eval()
+        self.tokenizer = prepare_tokenizer(tokenizer)
+        self.pooling = pooling
+        self.instruction = instruction or ""
+        self.max_length = int(max_length)
+        self.base_model = str(base_model)
+        self.separator = SEPARATOR
+        self.dim = int(self.model.config.hidden_size)
+        self._content_hash = content_hash
+        self._source_dir = source_dir
+
+    def __repr__(self) -> str:
+        return (
+            f"TextEncoder(base_model={self.base_model!r}, dim={self.dim}, pooling={self.pooling!r}, "
+            f"max_length={self.max_length}, content_hash={self._content_hash or '?'})"
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """The encoding settings stored in encoder_config.json (without the hash)."""
+        return {
+            "pooling": self.pooling,
+            "instruction": self.instruction,
+            "separator": self.separator,
+            "max_length": self.max_length,
+            "base_model": self.base_model,
+            "dim": self.dim,
+        }
+
+    @property
+    def content_hash(self) -> str:
+        """16-hex id of the weights + tokenizer + settings (computed lazily for a raw base model)."""
+        if self._content_hash is None:
+            if self._source_dir is None:
+                raise ValueError(
+                    "content_hash is unknown for an in-memory encoder: save_pretrained() it first"
+                )
+            self._content_hash = folder_hash(self._source_dir, self.settings())
+        return self._content_hash
+
+    # ------------------------------------------------------------------ construction / storage
+    @classmethod
+    def from_base(
+        cls,
+        model_path: Path,
+        pooling: str = "mean",
+        instruction: str = "",
+        max_length: int = 128,
+        dtype: str = "float32",
+    ) -> TextEncoder:
+        """An un-adapted baseline: the base LLM made bidirectional, nothing trained."""
+        from transformers import AutoModel, AutoTokenizer
+
+        from cxr_assets.text.base_model import torch_dtype
+
+        model_path = Path(model_path)
+        if not (model_path / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{model_path} is not a Hugging Face model folder (no config.json); "
+                "use resolve_base_model() to turn a spec or .gguf into one"
+            )
+        model = AutoModel.from_pretrained(
+            model_path, dtype=torch_dtype(dtype), attn_implementation="sdpa"
+        )
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        return cls(
+            model,
+            tokenizer,
+            pooling,
+            instruction,
+            max_length,
+            base_model=str(model_path),
+            source_dir=model_path,
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls, path: Path, dtype: str | None = None, threads: int | None = None
+    ) -> TextEncoder:
+        """Load a folder written by save_pretrained (threads: sets torch's global thread count)."""
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        from cxr_assets.text.base_model import torch_dtype
+
+        path = Path(path)
+        config_file = path / ENCODER_CONFIG
+        if not config_file.is_file():
+            raise FileNotFoundError(f"{path} is not a saved TextEncoder (no {ENCODER_CONFIG})")
+        stored = json.loads(config_file.read_text())
+        missing = [k for k in (*_HASH_FIELDS, "content_hash") if k not in stored]
+        if missing:
+            raise ValueError(f"{config_file} lacks keys {missing}")
+        if threads is not None:
+            if threads < 1:
+                raise ValueError(f"threads must be >= 1, got {threads}")
+            torch.set_num_threads(threads)
+        if dtype is None:
+            saved = json.loads((path / "config.json").read_text()).get("dtype", "float32")
+            dtype = saved if saved in ("float32", "bfloat16", "float16") else "float32"
+        model = AutoModel.from_pretrained(
+            path, dtype=torch_dtype(dtype), attn_implementation="sdpa"
+        )
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = cls(
+            model,
+            tokenizer,
+            stored["pooling"],
+            stored["instruction"],
+            stored["max_length"],
+            base_model=stored["base_model"],
+            content_hash=stored["content_hash"],
+            source_dir=path,
+        )
+        if encoder.dim != stored["dim"]:
+            raise ValueError(
+                f"{config_file}: dim {stored['dim']} does not match the model's hidden size {encoder.dim}"
+            )
+        return encoder
+
+    def save_pretrained(self, path: Path) -> None:
+        """Write weights, tokenizer and encoder_config.json atomically (tmp folder + rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.mkdir()
+            self.model.save_pretrained(tmp)
+            # A fast tokenizer keeps the truncation/padding of its last call in tokenizer.json;
+            # clear it so the saved bytes (and the content hash) do not depend on usage history.
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)
+            if backend is not None:
+                backend.no_truncation()
+                backend.no_padding()
+            self.tokenizer.save_pretrained(tmp)
+            settings = self.settings()
+            content_hash = folder_hash(tmp, settings)
+            (tmp / ENCODER_CONFIG).write_text(
+                json.dumps({**settings, "content_hash": content_hash}, indent=2) + "\n"
+            )
+            _replace_folder(tmp, path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self._content_hash = content_hash
+        self._source_dir = path
+
+    # ------------------------------------------------------------------ encoding
+    def encode(
+        self,
+        texts: list[str],
+        instruction: str | None = None,
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """Embed texts -> float32 [N, dim], in input order, not normalised.
+
+        instruction=None means no instruction (the stored default is `self.instruction`).
+        Batches are formed from texts sorted by token length, so little compute goes to padding.
+        """
+        import torch
+        from tqdm.auto import tqdm
+
+        from cxr_assets.text.pooling import embed_batch
+        from cxr_assets.text.tokenization import tokenize_with_instruction
+
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of strings, not a single string")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            if not isinstance(text, str) or not text.strip():
+                raise ValueError(f"texts[{i}] is empty or not a string: there is nothing to embed")
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        lengths = [
+            len(ids)
+            for ids in self.tokenizer(texts, truncation=True, max_length=self.max_length)[
+                "input_ids"
+            ]
+        ]
+        order = sorted(
+            range(len(texts)), key=lambda i: -lengths[i]
+        )  # longest first: memory peak shows early
+        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        self.model.eval()
+        with torch.inference_mode():
+            for chunk in tqdm(chunks, desc="encode", disable=not progress):
+                batch = tokenize_with_instruction(
+                    self.tokenizer, [texts[i] for i in chunk], instruction, self.max_length
+                )
+                out[chunk] = embed_batch(self.model, batch, self.pooling).cpu().numpy()
+        return out

@@ -92,7 +92,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True, today: str |
     return StageResult(
         "champion_reevaluation",
         {"report_dir": out},
-        {"champion_version": champion.version, "report_dir": out, "n_pairs": pool.height,
+        {"champion_version": str(champion.version), "report_dir": out, "n_pairs": pool.height,
          **{k: metrics[k] for k in WATCHED if k in metrics},
          "report": Markdown(markdown.split("![recall at K]")[0])},
         [CheckOutcome(

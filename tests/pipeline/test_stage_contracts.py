@@ -54,3 +54,16 @@ def test_repository_params_file_is_valid():
     params = load_params(REPO / "params.yaml")
     assert params.demo_data.n_studies >= 100
     assert params.paths.raw_dir == params.demo_data.out_dir
+
+
+@pytest.mark.parametrize("challenger, champion, margin, promote", [
+    (0.30, None, 0.0, True),     # first model becomes champion
+    (0.30, 0.20, 0.0, True),     # better
+    (0.20, 0.30, 0.0, False),    # worse: refused
+    (0.31, 0.30, 0.05, False),   # better, but not by the margin
+    (0.36, 0.30, 0.05, True),
+])
+def test_promotion_decision(challenger, champion, margin, promote):
+    from cxr_assets.stages.champion_model import decide
+
+    assert decide(challenger, champion, margin)[0] is promote

@@ -11,7 +11,10 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup run test test-fast ui mlflow-ui reevaluate bench lint clean-outputs
 
-setup: $(STAMP)
+setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
+
+$(DAGSTER_HOME)/dagster.yaml:
+	mkdir -p $(DAGSTER_HOME) && touch $@
 
 # Idempotent: re-runs only when pyproject.toml or this Makefile changed.
 $(STAMP): pyproject.toml Makefile infra/dvc_wrapper.sh
@@ -29,7 +32,6 @@ $(STAMP): pyproject.toml Makefile infra/dvc_wrapper.sh
 	  'export DAGSTER_HOME="$$(dirname "$$VIRTUAL_ENV")/.dagster_home"' \
 	  'export DAGSTER_MODULE_NAME=dags_defs.definitions' \
 	  'export HF_HUB_OFFLINE=1' >> $(VENV)/bin/activate
-	mkdir -p $(DAGSTER_HOME) && touch $(DAGSTER_HOME)/dagster.yaml
 	bash infra/setup_dvc_remote.sh
 	touch $(STAMP)
 

@@ -52,6 +52,55 @@ def cmd_reevaluate(args) -> int:
     return _print_result(reevaluation.run(params, paths, progress=not args.no_progress, today=args.date))
 
 
+def cmd_search(args) -> int:
+    from cxr_assets.embed.search import StudySearch, open_encoder, vector_db_path
+
+    params, paths = _load(args)
+    modes = sum(x is not None for x in (args.query, args.image, args.similar_to))
+    if modes != 1:
+        print("error: give exactly one of QUERY, --image PATH or --similar-to STUDY_ID", file=sys.stderr)
+        return 2
+    with StudySearch(vector_db_path(paths)) as search:
+        if args.similar_to is not None:
+            hits, what = search.similar_reports(study_id=args.similar_to, k=args.k), "reports similar to"
+        else:
+            encoder = open_encoder(params, paths, args.model, search.info)
+            if args.image is not None:
+                hits, what = search.image_to_reports(encoder, args.image, k=args.k), "reports for image"
+            else:
+                hits, what = search.text_to_studies(encoder, args.query, k=args.k), "studies for"
+        subject = args.query or args.image or args.similar_to
+        print(f"{what} {subject!r} ({search.info.model_name} v{search.info.model_version}, "
+              f"{search.info.n_rows} studies, {'HNSW' if search.info.hnsw_columns else 'exact'} search)")
+        columns = [c for c in ("study_id", "split", "view_position", "similarity", "report_text") if c in hits.columns]
+        if args.json:
+            print(json.dumps(hits.select(columns).to_dicts(), indent=2, default=str))
+        else:
+            for rank, row in enumerate(hits.select(columns).iter_rows(named=True), start=1):
+                text = " ".join(str(row.get("report_text", "")).split())[:110]
+                print(f"{rank:>3}  {row['study_id']}  {row['similarity']:.3f}  [{row.get('split', '')}]  {text}")
+    return 0
+
+
+def cmd_rollback(args) -> int:
+    from cxr_assets.registry.tracking import configure_mlflow, rollback_champion
+    from cxr_assets.stages.champion_model import append_history
+
+    params, paths = _load(args)
+    client = configure_mlflow(params, paths)
+    name = params.registry.model_name
+    try:
+        demoted, champion = rollback_champion(client, name, args.to, args.reason)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    append_history(paths, {"event": "rollback", "model_name": name, "demoted_version": demoted,
+                           "champion_after": champion, "reason": args.reason})
+    print(f"{name}@champion: v{demoted} -> v{champion} (v{demoted} tagged 'demoted'; "
+          "champion_model will not re-promote it)")
+    return 0
+
+
 def cmd_demo_data(args) -> int:
     from cxr_assets.demo import generate_demo_dataset
 
@@ -95,6 +144,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reevaluate", help="re-evaluate models:/<name>@champion on the current test split")
     p.add_argument("--date", default=None, help="report date (YYYY-MM-DD), default today")
     p.set_defaults(func=cmd_reevaluate)
+
+    p = sub.add_parser("search", help="search studies: text -> studies, image -> reports, similar reports")
+    p.add_argument("query", nargs="?", default=None, help="free text, e.g. 'large right pleural effusion'")
+    p.add_argument("--image", default=None, help="image file (DICOM/PNG/JPG): find matching reports")
+    p.add_argument("--similar-to", default=None, help="study id: find reports similar to its report")
+    p.add_argument("--k", type=int, default=10, help="how many results")
+    p.add_argument("--model", default="auto",
+                   help="query encoder: auto (champion if it built the table, else local), local, or a registry alias")
+    p.add_argument("--json", action="store_true", help="print results as JSON")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("rollback", help="move the champion alias back to the previous (or a given) version")
+    p.add_argument("--to", default=None, help="version to make champion (default: the one it replaced)")
+    p.add_argument("--reason", default="manual rollback", help="recorded on the demoted version")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("demo-data", help="generate synthetic DICOM studies with reports")
     p.add_argument("--out", required=True)

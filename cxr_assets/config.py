@@ -65,6 +65,15 @@ class QualityParams(_Section):
     max_report_chars: int = Field(4000, ge=100)
     impression_only_share: tuple[float, float] = (0.02, 0.8)
     min_studies: int = Field(4, ge=1)
+    reference_profile: str | None = Field(
+        "data_contracts/reference/report_profile.json",
+        description="stored profile summary the reports_drift check compares against (null: off)",
+    )
+    drift_tolerance: float = Field(0.15, ge=0, le=1, description="allowed |share - reference|")
+    max_identical_test_share: float = Field(
+        0.5, ge=0, le=1,
+        description="warn when more test reports than this share have a word-identical train report",
+    )
 
     @field_validator("impression_only_share")
     @classmethod
@@ -80,6 +89,10 @@ class SplitParams(_Section):
     val: float = Field(0.1, ge=0, lt=1)
     test: float = Field(0.2, gt=0, lt=1)
     salt: str = "cxr-split-v1"
+    stratify: bool = Field(True, description="balance each (source, label) stratum across splits")
+    official_split_file: str | None = Field(
+        None, description="MIMIC-CXR split CSV or R2Gen IU annotation JSON; its splits win"
+    )
 
     @model_validator(mode="after")
     def _sum_to_one(self) -> "SplitParams":
@@ -87,6 +100,18 @@ class SplitParams(_Section):
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must sum to 1, got {total:.4f}")
         return self
+
+
+class ReportsParams(_Section):
+    """Report variants the text encoder trains on (stage report_variants)."""
+
+    variant_seed: int = 17
+    variant_kinds: list[
+        Literal["abbreviated", "expanded", "impression_only", "sentence_shuffled",
+                "style_rewrite", "findings_to_impression"]
+    ] = ["abbreviated", "expanded", "impression_only", "sentence_shuffled", "style_rewrite",
+         "findings_to_impression"]
+    abbreviation_rate: float = Field(0.8, ge=0, le=1, description="share of long forms contracted")
 
 
 class LoraParams(_Section):
@@ -108,6 +133,35 @@ class ContrastiveParams(_Section):
     batch_size: int = Field(8, ge=2)
     lr: float = Field(2e-4, gt=0)
     loss_scale: float = Field(20.0, gt=0, description="1 / temperature")
+    hard_negatives: bool = Field(True, description="use report_variants hard negatives when present")
+    simcse_steps: int = Field(0, ge=0, description="optional unsupervised SimCSE steps (dropout views)")
+    gradient_checkpointing: bool = False
+
+
+class LatentAttentionParams(_Section):
+    num_latents: int = Field(64, ge=1, le=8192, description="LLM2Vec4CXR uses 512")
+    num_heads: int = Field(8, ge=1, le=128, description="must divide the LLM's hidden size")
+
+
+class TextCorpusParams(_Section):
+    source: Literal["catalog", "iu_csv"] = Field(
+        "catalog",
+        description="'catalog': the pipeline's training-split reports; 'iu_csv': the IU reports "
+        "CSV at iu_csv (its training part of a uid-level split)",
+    )
+    iu_csv: str = "../shared/data/iu_xray/indiana_reports.csv"
+    heldout_fraction: float = Field(
+        0.3, gt=0, lt=1, description="uid-level share of IU reports never trained on (evaluation)"
+    )
+    salt: str = "cxr-text-eval-v1"
+
+
+class TextEvalParams(_Section):
+    enabled: bool = True
+    iu_csv: str = "../shared/data/iu_xray/indiana_reports.csv"
+    max_reports: int = Field(300, ge=10, description="held-out IU reports evaluated (cap)")
+    baselines: list[Literal["raw_llm", "minilm", "tfidf"]] = ["raw_llm", "minilm", "tfidf"]
+    seed: int = 0
 
 
 class TextEncoderParams(_Section):
@@ -118,12 +172,40 @@ class TextEncoderParams(_Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     max_length: int = Field(128, ge=8, le=8192)
-    pooling: Literal["mean", "weighted_mean", "last_token"] = "mean"
+    pooling: Literal["mean", "weighted_mean", "last_token", "latent_attention"] = "mean"
+    latent_attention: LatentAttentionParams = LatentAttentionParams()
     instruction: str = "Retrieve the chest X-ray report that matches this report"
     embed_batch_size: int = Field(16, ge=1)
     lora: LoraParams = LoraParams()
     mntp: MntpParams = MntpParams()
     contrastive: ContrastiveParams = ContrastiveParams()
+    corpus: TextCorpusParams = TextCorpusParams()
+    evaluation: TextEvalParams = TextEvalParams()
+    mlflow: bool = Field(True, description="log both adaptation stages and the evaluation to MLflow")
+
+
+class ClipCheckpointParams(_Section):
+    """Resumable training state (model, optimizer, scheduler, RNG, data position)."""
+
+    every_n_steps: int = Field(0, ge=0, description="0 = only at the end of training")
+    resume: bool = Field(True, description="continue from <artifacts>/clip_checkpoints/last")
+    dir: str | None = Field(None, description="checkpoint folder; default artifacts/clip_checkpoints")
+
+
+class ClipDistributedParams(_Section):
+    """torchrun settings; nproc_per_node > 1 makes the clip_model stage launch torchrun."""
+
+    nproc_per_node: int = Field(1, ge=1, le=64)
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on GPU")
+
+
+class ClipTextLoraParams(_Section):
+    """LoRA on the report encoder's attention when clip.text_tower is `lora` (LLM2CLIP4CXR)."""
+
+    r: int = Field(8, ge=1, le=512)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
 
 
 class ClipParams(_Section):
@@ -139,13 +221,61 @@ class ClipParams(_Section):
     init_logit_scale: float = Field(2.6592, description="ln(1/0.07)")
     max_logit_scale: float = Field(4.6052, description="ln(100)")
     threads: int = Field(2, ge=1, le=256)
+    loss: Literal["infonce", "siglip", "reference"] = Field(
+        "infonce",
+        description="infonce: symmetric CLIP loss; siglip: sigmoid loss with learnable bias; "
+        "reference: LLM2CLIP4CXR code's raw logit_scale multiplier on unnormalized features",
+    )
+    micro_batch_size: int | None = Field(
+        None, ge=1, description="GradCache chunk; None = whole batch at once (batch_size = effective)"
+    )
+    text_adapter: Literal["linear", "mlp"] = Field("linear", description="LN+Linear or residual MLP")
+    adapter_blocks: int = Field(2, ge=1, le=16, description="residual blocks for text_adapter=mlp")
+    in_chans: Literal[1, 3] = Field(1, description="3 = grayscale replicated to RGB stems")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="fp16 needs a GPU")
+    grad_clip_norm: float = Field(1.0, ge=0, description="0 disables clipping")
+    layer_decay: float = Field(1.0, gt=0, le=1, description="layer-wise lr decay (1 = off)")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of weights (0 = off)")
+    workers: int = Field(0, ge=0, le=64, description="data loader processes (spawn)")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    text_tower: Literal["cached", "lora"] = Field(
+        "cached",
+        description="cached: frozen encoder, precomputed embeddings + adapter; lora: the encoder "
+        "runs online with LoRA on its attention (slower; allows text augmentation)",
+    )
+    text_lora: ClipTextLoraParams = ClipTextLoraParams()
+    text_augment_p: float = Field(
+        0.3, ge=0, le=1, description="sentence shuffle within sections (text_tower=lora only)"
+    )
+    checkpoint: ClipCheckpointParams = ClipCheckpointParams()
+    distributed: ClipDistributedParams = ClipDistributedParams()
+
+    @model_validator(mode="after")
+    def _micro_fits(self) -> "ClipParams":
+        if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
+            raise ValueError(
+                f"micro_batch_size {self.micro_batch_size} > batch_size {self.batch_size}"
+            )
+        return self
 
 
 class EvaluationParams(_Section):
-    recall_at: list[int] = [1, 5, 10]
+    recall_at: list[int] = [1, 5, 10, 50]
     primary_metric: str = "mean_recall"
     drift_tolerance: float = Field(0.05, ge=0, description="re-evaluation warns beyond this drop")
     n_worst_examples: int = Field(5, ge=0)
+    subset_findings: list[str] = Field(
+        ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"],
+        description="findings of the 5x200-style subset (labeler observation names)")
+    subset_per_finding: int = Field(200, ge=1, description="studies per finding in the subset")
+    bootstrap_samples: int = Field(1000, ge=0, description="bootstrap resamples for 95% CIs (0 = off)")
+    abbreviation_heavy_density: float = Field(
+        0.05, ge=0, le=1, description="abbreviation density from which a report counts as abbreviation-heavy")
+    min_group_size: int = Field(2, ge=1, description="style groups smaller than this are not reported")
+    zero_shot: bool = Field(True, description="zero-shot AUC per observation (needs the labeler)")
+    search_hnsw_min_rows: int = Field(
+        10_000, ge=1, description="the embedding table gets an HNSW index from this many rows")
+    alert_webhook: str | None = Field(None, description="URL that receives drift alerts as JSON POST")
 
 
 class RegistryParams(_Section):
@@ -154,6 +284,12 @@ class RegistryParams(_Section):
     experiment: str = "cxr-clip"
     model_name: str = "cxr-clip"
     promotion_margin: float = Field(0.0, ge=0, description="challenger must beat champion by this")
+    robustness_tolerance: float = Field(
+        0.05, ge=0, description="largest drop allowed on any robustness metric when promoting")
+    robustness_metrics: list[str] = Field(
+        ["style/impression_only/mean_recall", "style/full_report/mean_recall",
+         "style/abbreviation_heavy/mean_recall", "style/abbreviation_light/mean_recall"],
+        description="metrics.json keys that must not regress beyond robustness_tolerance")
 
 
 class Params(_Section):
@@ -163,6 +299,7 @@ class Params(_Section):
     ingest: IngestParams = IngestParams()
     quality: QualityParams = QualityParams()
     splits: SplitParams = SplitParams()
+    reports: ReportsParams = ReportsParams()
     text_encoder: TextEncoderParams = TextEncoderParams()
     clip: ClipParams = ClipParams()
     evaluation: EvaluationParams = EvaluationParams()

@@ -91,6 +91,15 @@ class ProjectPaths:
     def splits_table(self) -> Path:
         return self.catalog_dir / "study_splits.parquet"
 
+    @property
+    def labels_table(self) -> Path:
+        """CheXpert-style labels of each report (written by report_texts)."""
+        return self.catalog_dir / "report_labels.parquet"
+
+    @property
+    def report_variants_table(self) -> Path:
+        return self.catalog_dir / "report_variants.parquet"
+
     # --- models and embeddings -------------------------------------------------------------
     @property
     def base_model_cache(self) -> Path:

@@ -72,7 +72,13 @@ def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True):
     )
     def _stage_asset(context: AssetExecutionContext, pipeline: PipelineConfig, dvc: DvcRecorder):
         params, paths = pipeline.load()
-        result = stage_module(spec.name).run(params, paths, progress=True)
+        if spec.name == "clip_model" and params.clip.distributed.nproc_per_node > 1:
+            # torchrun through Dagster Pipes: logs and metrics stream back into this run.
+            from dags_defs.clip_pipes import run_clip_with_pipes
+
+            result = run_clip_with_pipes(context, params, paths)
+        else:
+            result = stage_module(spec.name).run(params, paths, progress=True)
         metadata = to_metadata(result.metadata)
         if record_in_dvc and not result.blocking_failures:
             metadata["dvc"] = dvc.record(spec.name, paths.root)

@@ -65,7 +65,7 @@ def chance_recall(n: int, k: int) -> float:
 
 
 def render_report(title: str, evaluation: Evaluation, context: dict[str, str], ks: list[int],
-                  plot_png: Path | None) -> tuple[str, str]:
+                  plot_png: Path | None, sections: list[str] | None = None) -> tuple[str, str]:
     """Markdown and standalone HTML versions of the same report."""
     m = evaluation.metrics
     n = int(m["n_pairs"])
@@ -80,18 +80,20 @@ def render_report(title: str, evaluation: Evaluation, context: dict[str, str], k
            "report with the same text counts as correct.", "",
            "| metric | image->report | report->image | image->report (identical text) | "
            "report->image (identical text) | chance |", "|---|---|---|---|---|---|"]
-    fmt = lambda v: "" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "" if v is None else f"{v:.3f}"
     md += [f"| {r[0]} | " + " | ".join(fmt(v) for v in r[1:]) + " |" for r in rows]
     md += [f"| mean rank | {m['i2t_mean_rank']:.1f} | {m['t2i_mean_rank']:.1f} | | | {(n + 1) / 2:.1f} |",
            f"| median rank | {m['i2t_median_rank']:.1f} | {m['t2i_median_rank']:.1f} | | | |",
            "", f"**mean recall** (both directions, all K): {m['mean_recall']:.3f}", ""]
     if plot_png is not None:
         md += [f"![recall at K]({plot_png.name})", ""]
+    for section in sections or []:
+        md += [section, ""]
     if evaluation.worst:
         md += ["## Worst image->report retrievals", "",
                "| study | rank of true report | true report | top-1 retrieved report |", "|---|---|---|---|"]
         for w in evaluation.worst:
-            clean = lambda t: " ".join(t.split()).replace("|", "/")[:220]  # noqa: E731
+            clean = lambda t: " ".join(t.split()).replace("|", "/")[:220]
             md.append(f"| {w['study_id']} | {w['rank_of_true_report']} | {clean(w['true_report'])} | "
                       f"{clean(w['retrieved_report'])} |")
     markdown = "\n".join(md) + "\n"
@@ -117,6 +119,8 @@ def markdown_to_html(title: str, markdown: str) -> str:
             in_table = False
         if line.startswith("# "):
             body.append(f"<h1>{_inline(line[2:])}</h1>")
+        elif line.startswith("### "):
+            body.append(f"<h3>{_inline(line[4:])}</h3>")
         elif line.startswith("## "):
             body.append(f"<h2>{_inline(line[3:])}</h2>")
         elif line.startswith("- "):

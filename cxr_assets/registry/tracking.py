@@ -6,6 +6,7 @@ URI (http://..., postgresql://...) from params works unchanged.
 
 from __future__ import annotations
 
+from datetime import UTC
 from pathlib import Path
 
 from cxr_assets.config import Params
@@ -59,3 +60,33 @@ def version_by_alias(client, model_name: str, alias: str):
 
 def model_uri(model_name: str, alias: str = CHAMPION) -> str:
     return f"models:/{model_name}@{alias}"
+
+
+def rollback_champion(client, model_name: str, to_version: str | None = None,
+                      reason: str = "manual rollback") -> tuple[str, str]:
+    """Move the `champion` alias back; returns (demoted version, new champion version).
+
+    Without `to_version` the target is the version the current champion replaced (its
+    `previous_champion` tag, set at promotion). The demoted version is tagged `demoted` so the
+    promotion stage does not promote it again on its own.
+    """
+    from datetime import datetime
+
+    current = version_by_alias(client, model_name, CHAMPION)
+    if current is None:
+        raise LookupError(f"model {model_name!r} has no '{CHAMPION}' alias: nothing to roll back")
+    target = to_version or current.tags.get("previous_champion")
+    if not target:
+        raise LookupError(f"{model_name} v{current.version} replaced no earlier champion; "
+                          "name a version with --to")
+    target = str(target)
+    if target == str(current.version):
+        raise ValueError(f"v{target} is already the champion")
+    revived = client.get_model_version(model_name, target)  # raises naming a missing version
+    if "demoted" in revived.tags:  # explicitly chosen again: no longer demoted
+        client.delete_model_version_tag(model_name, target, "demoted")
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    client.set_model_version_tag(model_name, str(current.version), "demoted",
+                                 f"{stamp}: {reason} (champion moved to v{target})")
+    client.set_registered_model_alias(model_name, CHAMPION, target)
+    return str(current.version), target

@@ -13,67 +13,14 @@ from pathlib import Path
 
 import polars as pl
 
-# Chest-radiology abbreviations. Upper-case acronyms match case-sensitively (so "ap" in a word
-# or "cm" as centimetres in lower case are not counted); lower-case shorthands match any case.
-ABBREVIATIONS_CASE_SENSITIVE = (
-    "PTX",
-    "CM",
-    "RLL",
-    "LLL",
-    "RUL",
-    "LUL",
-    "RML",
-    "ETT",
-    "NGT",
-    "NG",
-    "OGT",
-    "PICC",
-    "IJ",
-    "SVC",
-    "IVC",
-    "CHF",
-    "COPD",
-    "AP",
-    "PA",
-    "CABG",
-    "ICD",
-    "AICD",
-    "ARDS",
-    "ILD",
-    "TB",
-    "CP",
-    "CT",
-    "LV",
-    "RV",
-    "GE",
-    "ET",
-)
-ABBREVIATIONS_ANY_CASE = (
-    "eff",
-    "effs",
-    "b/l",
-    "s/p",
-    "w/o",
-    "c/w",
-    "w/",
-    "r/o",
-    "bilat",
-    "lat",
-    "pt",
-    "hx",
-    "fx",
-    "abd",
-    "atx",
-    "consol",
-    "pna",
-    "cxr",
-    "approx",
-    "prev",
-    "resp",
-    "vs",
-    "sx",
-    "dx",
-)
+# Chest-radiology abbreviations come from the project's lexicon (reports/abbreviations.py):
+# upper-case acronyms match case-sensitively (so "cm" as centimetres is not counted), lower-case
+# shorthands match any case. The two tuples are kept for callers that list them.
+from cxr_assets.reports.abbreviations import LEXICON as _LEXICON
+from cxr_assets.reports.abbreviations import count_abbreviations
+
+ABBREVIATIONS_CASE_SENSITIVE = tuple(e.short for e in _LEXICON if e.case_sensitive and len(e.short) > 1)
+ABBREVIATIONS_ANY_CASE = tuple(e.short for e in _LEXICON if not e.case_sensitive)
 HEDGING = (
     r"may",
     r"might",
@@ -140,19 +87,13 @@ def _words(patterns: tuple[str, ...]) -> str:
     return "|".join(patterns)
 
 
-_ABBR_CS = re.compile(
-    rf"(?<![\w/])(?:{_words(tuple(map(re.escape, ABBREVIATIONS_CASE_SENSITIVE)))})(?![\w/])"
-)
-_ABBR_CI = re.compile(
-    rf"(?<![\w/])(?:{_words(tuple(map(re.escape, ABBREVIATIONS_ANY_CASE)))})(?![\w/])",
-    re.IGNORECASE,
-)
 _HEDGING = re.compile(rf"\b(?:{_words(HEDGING)})(?!\w)", re.IGNORECASE)
 _NEGATION = re.compile(rf"\b(?:{_words(NEGATION)})\b", re.IGNORECASE)
 _COMPARISON = re.compile(rf"\b(?:{_words(COMPARISON)})\b", re.IGNORECASE)
 _NORMAL = re.compile(rf"\b(?:{_words(NORMAL_TEMPLATES)})\b", re.IGNORECASE)
 _NUMBERED = re.compile(r"(?:^|\s)1[.)]\s+\S.*?(?:^|\s)2[.)]\s+\S", re.DOTALL)
-_DEID = re.compile(r"X{3,}|_{2,}|\[\*\*.*?\*\*\]")
+# Raw de-identification tokens, and the marker report_texts puts in their place.
+_DEID = re.compile(r"X{3,}|_{2,}|\[\*\*.*?\*\*\]|\[DEID\]")
 _NO_COMPARISON = re.compile(
     r"^\W*(?:none|n/?a|not\s+available|no\s+(?:prior|previous|comparison))\b.*$",
     re.IGNORECASE | re.DOTALL,
@@ -190,7 +131,7 @@ def profile_text(
 ) -> dict:
     """Style measures of one report's training text (see module docstring)."""
     words = text.split()
-    n_abbr = len(_ABBR_CS.findall(text)) + len(_ABBR_CI.findall(text))
+    n_abbr = count_abbreviations(text)
     has_findings, has_impression = _present(findings), _present(impression)
     comparison_section = _present(comparison) and not _NO_COMPARISON.match(comparison or "")
     normal_hits = len(_NORMAL.findall(text))

@@ -152,9 +152,15 @@ def normalize_whitespace(text: str) -> str:
 
 
 def training_text(sections: dict[str, str | None]) -> str | None:
-    """FINDINGS + IMPRESSION, whitespace-normalised: what the text encoder sees."""
+    """FINDINGS + IMPRESSION, normalised: what the text encoder sees.
+
+    Whitespace and list numbering are normalised and every de-identification span (XXXX, ___,
+    [** ... **]) becomes one marker token (reports/normalize.py); the wording is unchanged.
+    """
+    from cxr_assets.reports.normalize import normalize_text
+
     joined = " ".join(s for s in (sections.get("findings"), sections.get("impression")) if s)
-    return normalize_whitespace(joined) or None
+    return normalize_text(joined, keep_newlines=False) or None
 
 
 def read_report(path: Path) -> str:
@@ -180,6 +186,66 @@ def read_report(path: Path) -> str:
     else:
         text = data.decode("latin-1")  # maps every byte: the last resort never fails
     return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def openi_xml_text(xml: str | bytes, where: str = "<xml>") -> str:
+    """An OpenI (IU) XML report as headed text: "COMPARISON: ...\nFINDINGS: ...".
+
+    The XML keeps sections in <AbstractText Label="FINDINGS">; writing them back with their
+    header lets the same splitter handle XML, CSV-derived and free-text reports alike.
+    """
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as error:
+        raise ReportError(f"{where}: not a valid OpenI XML report ({error})") from None
+    lines = []
+    for node in root.iter("AbstractText"):
+        label = (node.get("Label") or "").strip()
+        body = " ".join("".join(node.itertext()).split())
+        if body:
+            lines.append(f"{label.upper()}: {body}" if label else body)
+    if not lines:
+        raise ReportError(f"{where}: OpenI XML report has no AbstractText sections")
+    return "\n".join(lines)
+
+
+def text_from_columns(**sections: str | None) -> str:
+    """Headed report text from per-section columns (IU CSV, CheXpert Plus section_* columns).
+
+    Keyword names are section names (findings, impression, indication, comparison, technique,
+    or synonyms such as history); empty or "None." placeholders are skipped.
+    """
+    lines = []
+    for name, body in sections.items():
+        if body is None or not str(body).strip() or str(body).strip().lower() in ("none", "none."):
+            continue
+        header = name.replace("section_", "").replace("_", " ").upper()
+        lines.append(f"{header}: {' '.join(str(body).split())}")
+    return "\n".join(lines)
+
+
+def parse_iu_csv(csv_path: Path, source: str = "iu_xray") -> pl.DataFrame:
+    """The IU/OpenI Kaggle CSV (uid, indication, comparison, findings, impression) as a
+    report_texts table (study_id = patient_id = "CXR<uid>", the OpenI id). Rows whose findings
+    and impression are both empty are dropped."""
+    frame = pl.read_csv(csv_path, infer_schema_length=0)
+    missing = {"uid", "findings", "impression"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{csv_path}: IU reports CSV lacks column(s) {sorted(missing)}")
+    rows = []
+    for row in frame.iter_rows(named=True):
+        text = text_from_columns(indication=row.get("indication"), comparison=row.get("comparison"),
+                                 findings=row.get("findings"), impression=row.get("impression"))
+        sections = split_sections(text) if text else {}
+        train_text = training_text(sections) if text else None
+        if train_text is None:
+            continue
+        uid = f"CXR{row['uid']}"
+        rows.append({"study_id": uid, "patient_id": uid, "source": source, "report_text": text,
+                     **sections, "report_for_training": train_text, "n_chars": len(train_text)})
+    return pl.DataFrame(rows, schema=REPORT_TEXTS_SCHEMA)
 
 
 REPORT_TEXTS_SCHEMA: dict[str, pl.DataType] = {
@@ -234,6 +300,8 @@ def parse_reports(
             continue
         try:
             text = read_report(Path(path))
+            if str(path).lower().endswith(".xml"):
+                text = openi_xml_text(text, str(path))
         except ReportError as error:
             reject(path, study["study_id"], str(error).removeprefix(f"{path}: "))
             continue

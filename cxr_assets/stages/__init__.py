@@ -39,12 +39,19 @@ STAGES: tuple[StageSpec, ...] = (
         CheckSpec("images_accounted", True, "every catalogued image is cached or quarantined"),)),
     StageSpec("report_texts", ("raw_studies",), "reports", ("polars", "parquet")),
     StageSpec("report_profile", ("report_texts",), "reports", ("great_expectations", "parquet"),
-              (_contract("reports"),)),
+              (_contract("reports"),
+               CheckSpec("reports_drift", False, "profile shares within quality.drift_tolerance "
+                         "of the stored reference profile"))),
     StageSpec("study_splits", ("report_texts",), "reports", ("polars", "parquet"), (
         CheckSpec("no_patient_leakage", True, "no patient appears in two splits"),
-        _contract("splits"))),
+        _contract("splits"),
+        CheckSpec("no_identical_train_test_text", False,
+                  "few test reports are word-identical to a train report"))),
+    StageSpec("report_variants", ("report_texts", "study_splits"), "reports", ("polars", "parquet"),
+              (_contract("report_variants"),)),
     # text_encoder reads report_profile only through its blocking contract: bad reports stop training.
-    StageSpec("text_encoder", ("report_texts", "study_splits", "report_profile"), "text",
+    StageSpec("text_encoder", ("report_texts", "study_splits", "report_profile", "report_variants"),
+              "text",
               ("pytorch", "huggingface")),
     StageSpec("report_embeddings", ("text_encoder", "report_texts"), "text", ("pytorch", "parquet")),
     StageSpec("clip_model", ("study_images", "study_splits", "report_embeddings"),

@@ -1,15 +1,21 @@
 """clip_model: train the image tower against the cached report embeddings (LLM2CLIP recipe).
 
 A timm backbone (grayscale input, random init unless a local weights file is given) and a
-trainable LayerNorm + Linear adapter on the frozen text embeddings, symmetric InfoNCE with a
-learnable clamped temperature. The run is logged to MLflow and registered as a pyfunc model
-version with alias `challenger`.
+trainable adapter on the frozen text embeddings, a contrastive loss (InfoNCE, SigLIP or the
+reference-compatible raw-scale mode) with GradCache for large effective batches. With
+`clip.distributed.nproc_per_node > 1` training runs under torchrun (a subprocess here, Dagster
+Pipes from the asset). Checkpoints in artifacts/clip_checkpoints make an interrupted run resume.
+The run is logged to MLflow (params, per-step metrics, system metrics, model card) and
+registered as a pyfunc model version with alias `challenger`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -35,38 +41,69 @@ def git_sha(root: Path) -> str:
         return "unknown"
 
 
+Launcher = Callable[[list[str], dict[str, str]], None]
+
+
+def dvc_lock_hashes(root: Path) -> dict[str, str]:
+    """md5 of each clip_model dependency recorded in dvc.lock ({} without a lock file)."""
+    import yaml
+
+    lock = root / "dvc.lock"
+    if not lock.is_file():
+        return {}
+    try:
+        stage = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}).get("clip_model", {})
+    except yaml.YAMLError:
+        return {}
+    return {d["path"]: d.get("md5", "") for d in stage.get("deps", []) if "path" in d}
+
+
 def model_card(params: Params, paths: ProjectPaths, encoder_hash: str, result, n_train: int,
                n_val: int) -> str:
     c = params.clip
+    locked = dvc_lock_hashes(paths.root)
+    lock_lines = [f"- dvc.lock `{k}`: `{v}`" for k, v in sorted(locked.items())] or [
+        "- dvc.lock: no clip_model entry yet"]
     return "\n".join([
         f"# {params.registry.model_name}: chest X-ray image-report CLIP model",
         "",
         "Image tower: timm `{}` ({} px, grayscale); text tower: frozen adapted LLM encoder "
-        "`{}` with a LayerNorm + Linear adapter; shared dimension {}.".format(
-            c.vision_backbone, c.image_size, params.text_encoder.base_model, c.embed_dim),
+        "`{}` with a {} adapter; shared dimension {}; loss `{}`.".format(
+            c.vision_backbone, c.image_size, params.text_encoder.base_model,
+            "LayerNorm + Linear" if c.text_adapter == "linear" else "residual MLP",
+            c.embed_dim, c.loss),
         "",
         "## Lineage",
         f"- git commit: `{git_sha(paths.root)}`",
         f"- Dagster run: `{os.environ.get('DAGSTER_RUN_ID', 'n/a (CLI / dvc)')}`",
         f"- text encoder hash: `{encoder_hash}`",
         f"- training pairs: {n_train}, validation pairs: {n_val}",
+        *lock_lines,
         "",
         "## Training",
-        f"- epochs: {c.epochs}, batch: {c.batch_size}, lr: {c.lr}, best epoch: {result.best_epoch}",
+        f"- epochs: {c.epochs}, batch: {c.batch_size} (micro-batch {c.micro_batch_size or 'none'}"
+        f"), processes: {result.world_size}, precision: {c.precision}, lr: {c.lr}",
+        f"- steps: {result.steps} (resumed from step {result.resumed_from_step}), "
+        f"best epoch: {result.best_epoch}",
         f"- best validation loss: {result.best_val_loss:.4f}",
         "",
         "Evaluation metrics are added to this run by the evaluation_report asset.",
     ])
 
 
-def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
-    import mlflow
+def checkpoint_dir(params: Params, paths: ProjectPaths) -> Path:
+    folder = params.clip.checkpoint.dir
+    if not folder:
+        return paths.artifacts_dir / "clip_checkpoints"
+    return Path(folder) if Path(folder).is_absolute() else paths.root / folder
 
-    from cxr_assets.clip.model import save_clip_model
+
+def train_from_catalog(params: Params, paths: ProjectPaths, progress: bool = True, log_fn=None):
+    """Train on the catalog's train/val pairs in this process (one torchrun rank or alone).
+
+    Returns (ClipTrainResult, train pairs, val pairs, encoder hash).
+    """
     from cxr_assets.clip.train import train_clip
-    from cxr_assets.evaluate.plots import plot_training_curves
-    from cxr_assets.registry.pyfunc_model import log_clip_pyfunc
-    from cxr_assets.registry.tracking import CHALLENGER, configure_mlflow
 
     require("clip_model", {
         "study_images": [paths.study_images_table],
@@ -84,7 +121,78 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         [Path(p) for p in train["cache_path"]], embedding_matrix(train),
         [Path(p) for p in val["cache_path"]], embedding_matrix(val),
         params.clip, text_encoder_hash=encoder_hash, seed=params.project.seed, progress=progress,
+        log_fn=log_fn, checkpoint_dir=checkpoint_dir(params, paths),
     )
+    return result, train, val, encoder_hash
+
+
+def _subprocess_launcher(command: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(command, env=env)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun CLIP training failed with exit code {done.returncode}: "
+                           f"{' '.join(command)}")
+
+
+def train_with_torchrun(params: Params, paths: ProjectPaths, launcher: Launcher | None = None):
+    """Run `clip.distributed.nproc_per_node` ranks with torchrun and read back rank 0's model.
+
+    Returns (ClipTrainResult, per-step metrics). `launcher(command, env)` runs the command;
+    the Dagster asset passes one that goes through Dagster Pipes.
+    """
+    from cxr_assets.clip.launch import torchrun_command, write_spec
+    from cxr_assets.clip.model import load_clip_model
+    from cxr_assets.clip.train import ClipTrainResult
+
+    work = Path(tempfile.mkdtemp(prefix="clip_torchrun_", dir=paths.artifacts_dir))
+    spec = write_spec(params, paths.root, work / "out", work / "spec.json")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                      env.get("PYTHONPATH", "")]))
+    env.setdefault("OMP_NUM_THREADS", str(params.clip.threads))
+    (launcher or _subprocess_launcher)(
+        torchrun_command(spec, params.clip.distributed.nproc_per_node), env)
+    out = work / "out"
+    if not (out / "result.json").is_file():
+        raise RuntimeError(f"torchrun CLIP training wrote no result into {out}")
+    summary = json.loads((out / "result.json").read_text())
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines() if line]
+    result = ClipTrainResult(
+        model=load_clip_model(out), history=summary["history"],
+        best_epoch=summary["best_epoch"], best_val_loss=summary["best_val_loss"],
+        steps=summary["steps"], seconds=summary["seconds"],
+        resumed_from_step=summary["resumed_from_step"], world_size=summary["world_size"])
+    import shutil
+
+    shutil.rmtree(work, ignore_errors=True)
+    return result, steps
+
+
+def run(params: Params, paths: ProjectPaths, progress: bool = True,
+        launcher: Launcher | None = None) -> StageResult:
+    import mlflow
+
+    from cxr_assets.clip.model import save_clip_model
+    from cxr_assets.evaluate.plots import plot_training_curves
+    from cxr_assets.registry.pyfunc_model import log_clip_pyfunc
+    from cxr_assets.registry.tracking import CHALLENGER, configure_mlflow
+
+    step_metrics: list[dict] = []
+    if params.clip.distributed.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        require("clip_model", {
+            "study_images": [paths.study_images_table],
+            "study_splits": [paths.splits_table],
+            "report_embeddings": [paths.report_embeddings_table],
+            "text_encoder": [paths.text_encoder_dir / "encoder_config.json"],
+        })
+        pairs = image_report_pairs(paths)
+        train = pairs.filter(pl.col("split") == "train")
+        val = pairs.filter(pl.col("split") == "val")
+        encoder_hash = pl.read_parquet(paths.report_embeddings_table)["encoder_hash"][0]
+        result, step_metrics = train_with_torchrun(params, paths, launcher)
+    else:
+        result, train, val, encoder_hash = train_from_catalog(
+            params, paths, progress,
+            log_fn=lambda step, metrics: step_metrics.append({"step": step, **metrics}))
 
     with atomic_dir(paths.clip_model_dir) as out:
         save_clip_model(result.model, out)
@@ -102,8 +210,8 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     pl.DataFrame(result.history).write_csv(training / "clip_history.csv")
 
     client = configure_mlflow(params, paths)
-    with mlflow.start_run(run_name="clip_model") as run:
-        mlflow.log_params({f"clip.{k}": v for k, v in params.clip.model_dump().items()})
+    with mlflow.start_run(run_name="clip_model", log_system_metrics=True) as run:
+        mlflow.log_params(_flat_params("clip", params.clip.model_dump()))
         mlflow.log_params({
             "text_encoder.base_model": params.text_encoder.base_model,
             "text_encoder.hash": encoder_hash, "n_train_pairs": train.height,
@@ -112,6 +220,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         for row in result.history:
             mlflow.log_metrics({k: float(v) for k, v in row.items() if k != "epoch"},
                                step=int(row["epoch"]))
+        _log_step_metrics(client, run.info.run_id, step_metrics)
         mlflow.log_artifact(str(paths.clip_model_dir / "training_curves.png"))
         mlflow.log_text(card, "MODEL_CARD.md")
         info = log_clip_pyfunc(paths.text_encoder_dir, paths.clip_model_dir, params.registry.model_name)
@@ -140,3 +249,27 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
                 png_markdown(paths.clip_model_dir / curve.name, "training curves")),
         },
     )
+
+
+def _flat_params(prefix: str, values: dict) -> dict:
+    """Nested params -> MLflow's flat `clip.checkpoint.every_n_steps` keys."""
+    out = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flat_params(f"{prefix}.{key}", value))
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
+
+
+def _log_step_metrics(client, run_id: str, rows: list[dict]) -> None:
+    """Per-step training metrics (`step/<name>`) in batches of 1,000 (MLflow's limit)."""
+    import time
+
+    from mlflow.entities import Metric
+
+    stamp = int(time.time() * 1000)
+    metrics = [Metric(f"step/{k}", float(v), stamp, int(row["step"]))
+               for row in rows for k, v in row.items() if k != "step"]
+    for start in range(0, len(metrics), 1000):
+        client.log_batch(run_id, metrics=metrics[start:start + 1000])

@@ -1,8 +1,12 @@
-"""evaluation_report: image<->report retrieval on the held-out test split.
+"""evaluation_report: how good the challenger is, and on which reports it fails.
 
-Recall@K in both directions under two protocols (paired only; identical report text counts),
-mean and median rank, a recall@K plot and the worst retrievals, written to reports/evaluation as
-Markdown and HTML, registered with DVC as metrics and plots, and logged to the model's MLflow run.
+On the held-out test split: image<->report retrieval R@K, mean and median rank under two
+protocols (paired only; identical report text counts) with bootstrap 95% CIs; report-level
+scores of the top-1 retrieved report (ROUGE-L, BLEU-4, labeler F1 per observation); a
+5x200-style subset; zero-shot AUC per observation with prompt ensembles and their sensitivity;
+everything broken down by report style. Written to reports/evaluation as Markdown and HTML with
+plots, registered with DVC as metrics and plots, logged to the model's MLflow run, and the
+metrics promotion compares are tagged on the registered model version.
 """
 
 from __future__ import annotations
@@ -23,11 +27,41 @@ def test_pool(paths: ProjectPaths) -> pl.DataFrame:
     return embeddings.join(reports, on="study_id", how="inner").sort("study_id")
 
 
+def read_profile(paths: ProjectPaths) -> pl.DataFrame | None:
+    """report_profile columns used for the style breakdown (None before report_profile ran)."""
+    if not paths.report_profile_table.is_file():
+        return None
+    return pl.read_parquet(paths.report_profile_table)
+
+
+def mlflow_key(key: str) -> str:
+    """metrics.json key -> a valid MLflow metric name (no '@', '=' or other punctuation)."""
+    import re
+
+    return re.sub(r"[^\w./ -]", "_", "test_" + key.replace("@", "_at_"))
+
+
+def tag_version(params: Params, model_name: str, version: str, metrics: dict[str, float]) -> None:
+    """Tag the registered version with what promotion compares (primary + robustness metrics)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    watched = [params.evaluation.primary_metric, *params.registry.robustness_metrics]
+    for key in watched:
+        if key in metrics:
+            client.set_model_version_tag(model_name, version, key, str(metrics[key]))
+    client.set_model_version_tag(model_name, version, "evaluation_metrics", json.dumps(
+        {k: metrics[k] for k in watched if k in metrics}, sort_keys=True))
+
+
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
     import mlflow
 
+    from cxr_assets.embed.search import LocalEncoder
+    from cxr_assets.evaluate.labels import load_labeler
     from cxr_assets.evaluate.plots import plot_recall_curve
-    from cxr_assets.evaluate.report import evaluate_pairs, recall_curve_table, render_report
+    from cxr_assets.evaluate.report import recall_curve_table, render_report
+    from cxr_assets.evaluate.suite import run_suite
     from cxr_assets.registry.tracking import configure_mlflow
 
     require("evaluation_report", {"study_embeddings": [paths.study_embeddings_table],
@@ -37,43 +71,52 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     if pool.height < 2:
         raise ValueError(f"evaluation_report: the test split has {pool.height} studies; need >= 2")
     ev = params.evaluation
-    evaluation = evaluate_pairs(
+    out = paths.evaluation_dir
+    out.mkdir(parents=True, exist_ok=True)
+    labeler, labeler_note = load_labeler()
+    embed_texts = None
+    if labeler is not None and ev.zero_shot and paths.text_encoder_dir.is_dir():
+        embed_texts = LocalEncoder(paths.text_encoder_dir, paths.clip_model_dir).embed_texts
+    suite = run_suite(
         np.asarray(pool["image_embedding"].to_list(), dtype=np.float32),
         np.asarray(pool["report_embedding"].to_list(), dtype=np.float32),
         pool["report_for_training"].fill_null("").to_list(), pool["study_id"].to_list(),
-        ev.recall_at, ev.n_worst_examples,
+        ev, out, params.project.seed, profile=read_profile(paths), labeler=labeler, embed_texts=embed_texts,
     )
-    out = paths.evaluation_dir
-    out.mkdir(parents=True, exist_ok=True)
+    evaluation = suite.evaluation
     plot = plot_recall_curve({"image->report": evaluation.i2t_ranks,
                               "report->image": evaluation.t2i_ranks}, out / "recall_at_k.png")
     recall_curve_table(evaluation).write_csv(out / "recall_at_k.csv")
-    metrics = {k: round(float(v), 6) for k, v in evaluation.metrics.items()}
+    metrics = {k: round(float(v), 6) for k, v in suite.metrics.items() if not np.isnan(v)}
     write_json(out / "metrics.json", metrics)
     context = {"model": f"{registry['model_name']} v{registry['version']}",
-               "MLflow run": registry["run_id"], "split": "test"}
+               "MLflow run": registry["run_id"], "split": "test", "labels": labeler_note}
     markdown, html = render_report("Chest X-ray image-report retrieval", evaluation, context,
-                                   ev.recall_at, plot)
+                                   ev.recall_at, plot, suite.sections)
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(html)
 
     configure_mlflow(params, paths)
     with mlflow.start_run(run_id=registry["run_id"]):
-        mlflow.log_metrics({f"test_{k}".replace("@", "_at_"): v for k, v in metrics.items()})
+        mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()})
         mlflow.log_artifacts(str(out), artifact_path="evaluation")
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    client.set_model_version_tag(registry["model_name"], str(registry["version"]),
-                                 ev.primary_metric, str(metrics[ev.primary_metric]))
+    tag_version(params, registry["model_name"], str(registry["version"]), metrics)
+    headline = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_mean_rank",
+                "t2i_mean_rank", "i2t_median_rank", "t2i_median_rank", "mean_recall", "n_pairs",
+                "report/rouge_l", "report/bleu4", "report/f1_micro", "report/f1_macro",
+                "zeroshot/mean_auc", "zeroshot/prompt_spread", "subset5x200/mean_recall")
+    plots = {f"{name}_plot": Markdown(png_markdown(path, name.replace("_", " ")))
+             for name, path in suite.plots.items()}
     return StageResult(
         "evaluation_report",
         {"evaluation_dir": out},
         {
-            **{k: v for k, v in metrics.items() if not k.startswith("grp_")},
+            **{k: metrics[k] for k in headline if k in metrics},
             "model_version": context["model"],
             "report_html": out / "report.html",
+            "notes": "; ".join(suite.notes) or "none",
             "report": Markdown(markdown.split("![recall at K]")[0]),
             "recall_plot": Markdown(png_markdown(plot, "recall@K")),
+            **plots,
         },
     )

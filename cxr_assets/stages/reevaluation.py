@@ -2,8 +2,10 @@
 
 Loads `models:/<name>@champion` through MLflow (the same pyfunc users load), embeds the current
 test split's images and reports, writes a dated report under reports/reevaluation/<date>/ and
-warns (check + alert file) when a metric dropped by more than `evaluation.drift_tolerance`
-against the previous report.
+warns (check + alert file, and a JSON POST to `evaluation.alert_webhook` when set) when a
+metric dropped by more than `evaluation.drift_tolerance` against the previous report. The report
+has the same sections as evaluation_report (CIs, report-level scores, style breakdown, zero-shot).
+A Dagster sensor re-runs it when a new data batch changes the catalog (`data_fingerprint`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,36 @@ from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import CheckOutcome, Markdown, StageResult, require, write_json
 from cxr_assets.stages.training_data import one_image_per_study
 
-WATCHED = ("mean_recall", "i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5")
+WATCHED = ("mean_recall", "i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5", "report/rouge_l",
+           "report/f1_micro", "zeroshot/mean_auc")
+
+
+def data_fingerprint(paths: ProjectPaths) -> str:
+    """Changes whenever the catalog tables the re-evaluation reads change (a new data batch).
+
+    Size + modification time of each file: cheap enough for a sensor polling every few minutes.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in (paths.study_images_table, paths.splits_table, paths.report_texts_table):
+        stat = file.stat() if file.exists() else None
+        digest.update(f"{file.name}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1};".encode())
+    return digest.hexdigest()[:16]
+
+
+def post_webhook(url: str, payload: dict, timeout: float = 5.0) -> str:
+    """POST the alert as JSON; never raises (an unreachable hook must not hide the alert file)."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return f"sent ({response.status})"
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        return f"failed: {error}"
 
 
 def previous_metrics(root: Path, today: str) -> tuple[str, dict] | None:
@@ -41,8 +72,10 @@ def drift(current: dict, previous: dict, tolerance: float) -> dict[str, float]:
 def run(params: Params, paths: ProjectPaths, progress: bool = True, today: str | None = None) -> StageResult:
     import mlflow.pyfunc
 
+    from cxr_assets.evaluate.labels import load_labeler
     from cxr_assets.evaluate.plots import plot_recall_curve
-    from cxr_assets.evaluate.report import evaluate_pairs, render_report
+    from cxr_assets.evaluate.report import render_report
+    from cxr_assets.evaluate.suite import run_suite
     from cxr_assets.registry.tracking import CHAMPION, configure_mlflow, model_uri, version_by_alias
 
     require("champion_reevaluation", {"study_images": [paths.study_images_table],
@@ -63,36 +96,47 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True, today: str |
         raise ValueError(f"re-evaluation: the test split has {pool.height} studies; need >= 2")
     texts = pool["report_for_training"].fill_null("").to_list()
     predicted = model.predict(pd.DataFrame({"image_path": pool["cache_path"].to_list(), "report_text": texts}))
-    evaluation = evaluate_pairs(
-        np.asarray(predicted["image_embedding"].tolist(), dtype=np.float32),
-        np.asarray(predicted["text_embedding"].tolist(), dtype=np.float32),
-        texts, pool["study_id"].to_list(), params.evaluation.recall_at, params.evaluation.n_worst_examples,
-    )
-
     today = today or date.today().isoformat()
     out = paths.reevaluation_dir / today
     out.mkdir(parents=True, exist_ok=True)
+    labeler, _ = load_labeler()
+
+    def embed_prompts(prompts: list[str]) -> np.ndarray:
+        embedded = model.predict(pd.DataFrame({"report_text": prompts}))
+        return np.asarray(embedded["text_embedding"].tolist(), dtype=np.float32)
+
+    profile = pl.read_parquet(paths.report_profile_table) if paths.report_profile_table.is_file() else None
+    suite = run_suite(
+        np.asarray(predicted["image_embedding"].tolist(), dtype=np.float32),
+        np.asarray(predicted["text_embedding"].tolist(), dtype=np.float32),
+        texts, pool["study_id"].to_list(), params.evaluation, out, params.project.seed,
+        profile=profile, labeler=labeler, embed_texts=embed_prompts,
+    )
+    evaluation = suite.evaluation
     plot = plot_recall_curve({"image->report": evaluation.i2t_ranks, "report->image": evaluation.t2i_ranks},
                              out / "recall_at_k.png")
-    metrics = {k: round(float(v), 6) for k, v in evaluation.metrics.items()}
+    metrics = {k: round(float(v), 6) for k, v in suite.metrics.items() if not np.isnan(v)}
     write_json(out / "metrics.json", metrics)
     before = previous_metrics(paths.reevaluation_dir, today)
     dropped = drift(metrics, before[1], params.evaluation.drift_tolerance) if before else {}
     context = {"model": f"{name} v{champion.version} @{CHAMPION}", "date": today,
                "compared with": before[0] if before else "no earlier report"}
     markdown, html = render_report(f"Champion re-evaluation {today}", evaluation, context,
-                                   params.evaluation.recall_at, plot)
+                                   params.evaluation.recall_at, plot, suite.sections)
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(html)
     if dropped:
         alert = {"date": today, "model": context["model"], "dropped": dropped,
                  "tolerance": params.evaluation.drift_tolerance, "compared_with": before[0]}
+        if params.evaluation.alert_webhook:
+            alert["webhook"] = post_webhook(params.evaluation.alert_webhook, alert)
         with (paths.reevaluation_dir / "ALERTS.jsonl").open("a") as fh:
             fh.write(json.dumps(alert) + "\n")
     return StageResult(
         "champion_reevaluation",
         {"report_dir": out},
         {"champion_version": str(champion.version), "report_dir": out, "n_pairs": pool.height,
+         "data_fingerprint": data_fingerprint(paths), "report_html": out / "report.html",
          **{k: metrics[k] for k in WATCHED if k in metrics},
          "report": Markdown(markdown.split("![recall at K]")[0])},
         [CheckOutcome(

@@ -7,19 +7,54 @@ The reports contract (GX) is blocking: training does not start on reports that b
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import polars as pl
 
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import (
+    CheckOutcome,
     Markdown,
     StageResult,
+    TablePreview,
     png_markdown,
     require,
     write_json,
     write_parquet,
 )
-from cxr_assets.stages.contracts import contract_check
+from cxr_assets.stages.contracts import CONTRACTS_DIR, contract_check, contract_overrides
+
+
+def _drift_check(profile: pl.DataFrame, params: Params, paths: ProjectPaths) -> CheckOutcome:
+    """The reports_drift GX suite against the stored reference profile (a warning)."""
+    from cxr_assets.quality.contracts import run_contract
+    from cxr_assets.quality.drift import drift_overrides, load_reference, reference_measures
+
+    q = params.quality
+    description = (f"profile shares within {q.drift_tolerance} of the reference profile "
+                   f"({q.reference_profile})")
+    if not q.reference_profile:
+        return CheckOutcome("reports_drift", True, False, description,
+                            {"skipped": "quality.reference_profile is null"})
+    reference_path = paths.at(q.reference_profile)
+    if not reference_path.is_file() and not Path(q.reference_profile).is_absolute():
+        # A project folder without its own copy uses the one shipped with the code.
+        reference_path = CONTRACTS_DIR.parent / q.reference_profile
+    if not reference_path.is_file():
+        return CheckOutcome("reports_drift", False, False, description,
+                            {"error": f"reference profile not found: {reference_path}"})
+    reference = load_reference(reference_path)
+    overrides = {**contract_overrides(params), **drift_overrides(reference, q.drift_tolerance)}
+    result = run_contract(profile.to_pandas(), "reports_drift", CONTRACTS_DIR, overrides=overrides)
+    current = reference_measures(profile) if profile.height else {}
+    return CheckOutcome(
+        "reports_drift", result.success, False, description,
+        {"failed_expectations": ", ".join(f"{f['expectation']}({f['column']})" for f in result.failed)
+         or "none",
+         "comparison": TablePreview([{"measure": m, "reference": reference[m],
+                                      "current": current.get(m)} for m in reference])},
+    )
 
 
 def _summary_markdown(summary: dict, plots: list) -> str:
@@ -45,6 +80,8 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     contract_input = reports.join(profile.select("study_id", "impression_only"), on="study_id", how="left")
     check = contract_check(contract_input, "reports", params, blocking=True)
     write_json(out_dir / "contract_reports.json", {"passed": check.passed, **check.metadata})
+    drift = _drift_check(profile, params, paths)
+    write_json(out_dir / "drift.json", {"passed": drift.passed, **drift.metadata})
 
     return StageResult(
         "report_profile",
@@ -54,5 +91,5 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
             "profile": Markdown(_summary_markdown(summary, plots)),
             "plots": [str(p) for p in plots],
         },
-        [check],
+        [check, drift],
     )

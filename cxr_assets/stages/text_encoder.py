@@ -1,21 +1,55 @@
 """text_encoder: adapt the base LLM into a bidirectional report encoder (LLM2Vec recipe).
 
 Bidirectional attention, LoRA (peft) masked next-token prediction on the training split's reports,
-then supervised contrastive training on (findings, impression) pairs; LoRA is merged and the
-encoder saved as one folder (safetensors, tokenizer, encoder config with a content hash).
+then supervised contrastive training on report variants (findings <-> impression, abbreviated,
+style rewrites, with hard negatives; single-task batches) or, without the variants table, on
+(findings, impression) pairs; LoRA is merged and the encoder saved as one folder (safetensors,
+tokenizer, pooling head, encoder config with a content hash).
+
+`text_encoder.corpus.source: iu_csv` adapts on the IU reports instead (their training part of a
+uid-level split). Afterwards the adapted encoder and the baselines (raw base LLM, MiniLM, TF-IDF)
+are evaluated on the held-out IU reports (`reports/text_encoder_eval.json` + `.md`), and both
+adaptation stages, the evaluation and the artifact are logged to MLflow.
 """
 
 from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
-from cxr_assets.stages.base import StageResult, require
+from cxr_assets.stages.base import Markdown, StageResult, require
+
+log = logging.getLogger(__name__)
+EVAL_JSON = "text_encoder_eval.json"
+EVAL_MD = "text_encoder_eval.md"
+
+
+class TrainingData:
+    """Reports for MNTP and contrastive pairs (+ hard negatives, task per pair) for stage two."""
+
+    def __init__(self, texts: list[str], pairs: list[tuple[str, str]],
+                 hard_negatives: list[str | None] | None, tasks: list[str] | None, source: str):
+        self.texts, self.pairs = texts, pairs
+        self.hard_negatives, self.tasks, self.source = hard_negatives, tasks, source
+
+
+def _pairs_from_variants(variants: pl.DataFrame, use_negatives: bool) -> TrainingData:
+    train = variants.filter(pl.col("split") == "train").sort("study_id", "variant_kind")
+    train = train.filter(pl.col("anchor").str.strip_chars().str.len_chars() > 0
+                         & (pl.col("positive").str.strip_chars().str.len_chars() > 0))
+    pairs = list(zip(train["anchor"].to_list(), train["positive"].to_list()))
+    negatives = train["hard_negative"].to_list() if use_negatives else None
+    return TrainingData([], pairs, negatives, train["variant_kind"].to_list(), "report_variants")
 
 
 def training_texts(paths: ProjectPaths) -> tuple[list[str], list[tuple[str, str]]]:
-    """Reports of the training split, and contrastive pairs drawn from them only."""
+    """Reports of the training split, and (findings, impression) pairs drawn from them only."""
     reports = pl.read_parquet(paths.report_texts_table)
     splits = pl.read_parquet(paths.splits_table)
     train = reports.join(splits.filter(pl.col("split") == "train").select("study_id"), on="study_id")
@@ -27,36 +61,182 @@ def training_texts(paths: ProjectPaths) -> tuple[list[str], list[tuple[str, str]
     return texts, pairs
 
 
+def training_data(params: Params, paths: ProjectPaths, progress: bool = True) -> TrainingData:
+    """What stage one and two train on, from the catalog or from the IU CSV (corpus.source)."""
+    te = params.text_encoder
+    if te.corpus.source == "iu_csv":
+        from cxr_assets.reports.variants import build_variants
+        from cxr_assets.text.evaluation import load_iu_reports
+
+        csv = paths.at(te.corpus.iu_csv)
+        iu = load_iu_reports(csv, te.corpus.salt, te.corpus.heldout_fraction)
+        train = iu.filter(pl.col("split") == "train").sort("study_id")
+        report_texts = train.select(
+            "study_id", pl.col("report").alias("report_for_training"), "findings", "impression"
+        )
+        splits = train.select("study_id", pl.lit("train").alias("split"))
+        variants = build_variants(report_texts, splits, seed=params.project.seed, progress=progress)
+        data = _pairs_from_variants(variants, te.contrastive.hard_negatives)
+        data.texts = train["report"].to_list()
+        data.source = f"iu_csv ({csv.name}, train part: {train.height} reports)"
+        return data
+    texts, pairs = training_texts(paths)
+    variants_file = getattr(paths, "report_variants_table", None)
+    if variants_file is not None and Path(variants_file).is_file():
+        data = _pairs_from_variants(pl.read_parquet(variants_file), te.contrastive.hard_negatives)
+        if len(data.pairs) >= 2:
+            data.texts = texts
+            return data
+        log.warning("report_variants has < 2 training pairs: falling back to findings/impression")
+    return TrainingData(texts, pairs, None, None, "findings_impression")
+
+
+# --------------------------------------------------------------------------- evaluation
+def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path, train_texts: list[str],
+             progress: bool) -> tuple[pl.DataFrame | None, list[str]]:
+    """The adapted encoder and the baselines on the held-out IU reports; (table, notes)."""
+    from cxr_assets.text.base_model import resolve_base_model
+    from cxr_assets.text.baselines import MiniLMEncoder, TfidfEncoder, raw_llm_encoder
+    from cxr_assets.text.encoder import TextEncoder
+    from cxr_assets.text.evaluation import build_eval_set, evaluate_text_encoders, load_iu_reports
+
+    te = params.text_encoder
+    csv = paths.at(te.evaluation.iu_csv)
+    if not csv.is_file():
+        return None, [f"evaluation skipped: IU reports CSV {csv} not found"]
+    # The held-out part must be the one never trained on: same salt/fraction as the corpus split.
+    iu = load_iu_reports(csv, te.corpus.salt, te.corpus.heldout_fraction)
+    data = build_eval_set(iu, te.evaluation.max_reports, te.evaluation.seed)
+    notes = [(f"{len(data.reports)} held-out IU reports (uid-level split, salt "
+              f"{te.corpus.salt!r}, held-out fraction {te.corpus.heldout_fraction}); labels: "
+              f"{data.label_source}; trained on: {te.corpus.source}")]
+    encoders: dict[str, Any] = {"adapted": TextEncoder.from_pretrained(encoder_dir)}
+    for name in te.evaluation.baselines:
+        try:
+            if name == "raw_llm":
+                base = resolve_base_model(te.base_model, paths.base_model_cache)
+                encoders[name] = raw_llm_encoder(base, te.max_length, te.dtype)
+                encoders[name].instruction = te.instruction  # same query format as adapted
+            elif name == "minilm":
+                encoders[name] = MiniLMEncoder()
+            elif name == "tfidf":
+                corpus = train_texts or iu.filter(pl.col("split") == "train")["report"].to_list()
+                encoders[name] = TfidfEncoder(corpus)
+        except (ModuleNotFoundError, FileNotFoundError) as error:
+            notes.append(f"baseline {name} skipped: {error}")
+    table = evaluate_text_encoders(encoders, data, batch_size=te.embed_batch_size,
+                                   progress=progress)
+    return table, notes
+
+
+def write_evaluation(table: pl.DataFrame | None, notes: list[str],
+                     out_dir: Path) -> tuple[Path, Path]:
+    """reports/text_encoder_eval.{json,md}; written even when skipped (with the reason), so the
+    stage's declared outputs always exist."""
+    from cxr_assets.text.evaluation import to_markdown
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_file, md_file = out_dir / EVAL_JSON, out_dir / EVAL_MD
+    rows = table.to_dicts() if table is not None else []
+    json_file.write_text(json.dumps({"rows": rows, "notes": notes}, indent=2) + "\n")
+    if table is not None and table.height:
+        md_file.write_text(to_markdown(table, notes))
+    else:
+        md_file.write_text("# Text-tower evaluation\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    return json_file, md_file
+
+
+# --------------------------------------------------------------------------- MLflow
+def _flat(prefix: str, value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(f"{prefix}.{k}" if prefix else k, v))
+        return out
+    return {prefix: value}
+
+
+def log_to_mlflow(params: Params, paths: ProjectPaths, result: Any, data: TrainingData,
+                  table: pl.DataFrame | None, eval_files: tuple[Path, Path] | None) -> str:
+    """One MLflow run: params, MNTP / SimCSE / contrastive loss curves, eval metrics, artifact."""
+    import mlflow
+
+    from cxr_assets.registry.tracking import configure_mlflow
+
+    configure_mlflow(params, paths)
+    with mlflow.start_run(run_name="text_encoder") as run:
+        flat = _flat("text_encoder", params.text_encoder.model_dump())
+        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        mlflow.log_params({"training_source": data.source, "n_pairs": len(data.pairs),
+                           "n_train_reports": len(data.texts)})
+        mlflow.set_tags({"stage": "text_encoder", "encoder_hash": result.content_hash})
+        for stage, losses in (("mntp", result.mntp_losses), ("simcse", result.simcse_losses),
+                              ("contrastive", result.contrastive_losses)):
+            for step, loss in enumerate(losses):
+                mlflow.log_metric(f"{stage}_loss", loss, step=step)
+        if table is not None:
+            for row in table.iter_rows(named=True):
+                key = f"eval.{row['encoder']}.{row['task']}.{row['metric']}".replace("@", "_at_")
+                mlflow.log_metric(key, row["value"])
+        for file in eval_files or ():
+            mlflow.log_artifact(str(file), artifact_path="evaluation")
+        # The artifact: the whole folder when small; a large LLM's weights stay in the DVC-tracked
+        # folder (referenced by tag and content hash) instead of a second copy in mlartifacts.
+        folder = Path(result.encoder_dir)
+        size = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+        for file in sorted(folder.iterdir()):
+            if file.is_file() and (size < 200 * 2**20 or not file.name.endswith(".safetensors")
+                                   or file.name == "pooling_head.safetensors"):
+                mlflow.log_artifact(str(file), artifact_path="text_encoder")
+        mlflow.set_tag("encoder_dir", str(folder))
+        return run.info.run_id
+
+
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
     from cxr_assets.text.adapt import adapt_text_encoder
 
-    require("text_encoder", {"report_texts": [paths.report_texts_table],
-                             "study_splits": [paths.splits_table]})
-    texts, pairs = training_texts(paths)
-    if not texts:
+    te = params.text_encoder
+    if te.corpus.source == "catalog":
+        require("text_encoder", {"report_texts": [paths.report_texts_table],
+                                 "study_splits": [paths.splits_table]})
+    data = training_data(params, paths, progress)
+    if not data.texts:
         raise ValueError("text_encoder: the training split has no report text to adapt on")
     losses: list[tuple[str, int, float]] = []
     result = adapt_text_encoder(
-        texts, pairs, params.text_encoder, paths.base_model_cache, paths.text_encoder_dir,
+        data.texts, data.pairs, te, paths.base_model_cache, paths.text_encoder_dir,
         seed=params.project.seed, progress=progress,
         log_fn=lambda stage, step, loss: losses.append((stage, step, loss)),
+        hard_negatives=data.hard_negatives, tasks=data.tasks,
     )
+
+    table, notes = None, ["evaluation disabled (text_encoder.evaluation.enabled: false)"]
+    if te.evaluation.enabled:
+        table, notes = evaluate(params, paths, result.encoder_dir, data.texts, progress)
+        if table is None:
+            log.warning("; ".join(notes))
+    eval_files = write_evaluation(table, notes, paths.reports_dir)
+    run_id = None
+    if te.mlflow:
+        run_id = log_to_mlflow(params, paths, result, data, table, eval_files)
 
     def first_last(values: list[float]) -> str:
         return f"{values[0]:.3f} -> {values[-1]:.3f}" if values else "skipped"
 
-    return StageResult(
-        "text_encoder",
-        {"text_encoder": result.encoder_dir},
-        {
-            "base_model": params.text_encoder.base_model,
-            "encoder_hash": result.content_hash,
-            "n_train_reports": result.n_train_reports,
-            "n_pairs": result.n_pairs,
-            "mntp_loss": first_last(result.mntp_losses),
-            "contrastive_loss": first_last(result.contrastive_losses),
-            "lora_r": params.text_encoder.lora.r,
-            "pooling": params.text_encoder.pooling,
-            "seconds": round(result.seconds, 1),
-        },
-    )
+    metadata: dict[str, Any] = {
+        "base_model": te.base_model,
+        "encoder_hash": result.content_hash,
+        "training_source": data.source,
+        "n_train_reports": result.n_train_reports,
+        "n_pairs": result.n_pairs,
+        "n_hard_negatives": sum(1 for h in (data.hard_negatives or []) if h),
+        "mntp_loss": first_last(result.mntp_losses),
+        "contrastive_loss": first_last(result.contrastive_losses),
+        "lora_r": te.lora.r,
+        "pooling": te.pooling,
+        "seconds": round(result.seconds, 1),
+        "mlflow_run_id": run_id or "disabled",
+    }
+    metadata["evaluation"] = Markdown(eval_files[1].read_text())
+    metadata["evaluation_file"] = eval_files[0]
+    return StageResult("text_encoder", {"text_encoder": result.encoder_dir}, metadata)

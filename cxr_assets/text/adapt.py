@@ -21,6 +21,7 @@ class AdaptationResult:
     content_hash: str
     mntp_losses: list[float]
     contrastive_losses: list[float]
+    simcse_losses: list[float]
     n_train_reports: int
     n_pairs: int
     seconds: float
@@ -45,10 +46,14 @@ def adapt_text_encoder(
     seed: int,
     progress: bool = True,
     log_fn: Callable[[str, int, float], None] | None = None,
+    hard_negatives: list[str | None] | None = None,
+    tasks: list[str] | None = None,
 ) -> AdaptationResult:
     """Adapt params.base_model on training-split reports and pairs; save the encoder to out_dir.
 
-    log_fn(stage, step, loss) is called after every step, stage in {"mntp", "contrastive"}.
+    hard_negatives: one per pair (e.g. a negation-flipped impression), or None for in-batch
+    negatives only. tasks: one task name per pair for single-task batches. log_fn(stage, step, loss) is called after every step, stage in
+    {"mntp", "simcse", "contrastive"}.
     The same inputs, params and seed give the same weights (and content_hash) on the same machine.
     """
     from peft import LoraConfig, get_peft_model
@@ -58,6 +63,7 @@ def adapt_text_encoder(
     from cxr_assets.text.contrastive import train_contrastive
     from cxr_assets.text.encoder import TextEncoder
     from cxr_assets.text.mntp import train_mntp
+    from cxr_assets.text.pooling import make_latent_attention
 
     start = time.perf_counter()
     reports = [r for r in reports if isinstance(r, str) and r.strip()]
@@ -94,6 +100,19 @@ def adapt_text_encoder(
     def stage_log(stage: str) -> Callable[[int, float], None] | None:
         return None if log_fn is None else (lambda step, loss: log_fn(stage, step, loss))
 
+    if params.contrastive.gradient_checkpointing:
+        # Recompute activations in backward: less memory for long reports / big batches.
+        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model.enable_input_require_grads()
+    head = None
+    if params.pooling == "latent_attention":
+        head = make_latent_attention(
+            int(model.config.hidden_size),
+            params.latent_attention.num_latents,
+            params.latent_attention.num_heads,
+            seed=seed,
+        )
+
     mntp_losses = train_mntp(
         peft_model,
         tokenizer,
@@ -104,6 +123,15 @@ def adapt_text_encoder(
         progress=progress,
         log_fn=stage_log("mntp"),
     )
+    simcse_losses: list[float] = []
+    if params.contrastive.simcse_steps > 0 and len(reports) >= 2:
+        # Unsupervised SimCSE: a report is its own positive, the two views differ by dropout.
+        simcse_losses = train_contrastive(
+            peft_model, tokenizer, [(r, r) for r in reports], params.contrastive,
+            params.instruction, params.pooling, params.max_length, seed + 1,
+            progress=progress, log_fn=stage_log("simcse"), pooling_head=head,
+            steps=params.contrastive.simcse_steps,
+        )
     contrastive_losses = train_contrastive(
         peft_model,
         tokenizer,
@@ -113,9 +141,14 @@ def adapt_text_encoder(
         params.pooling,
         params.max_length,
         seed,
+        hard_negatives=hard_negatives,
         progress=progress,
         log_fn=stage_log("contrastive"),
+        tasks=tasks,
+        pooling_head=head,
     )
+    if params.contrastive.gradient_checkpointing:
+        peft_model.gradient_checkpointing_disable()
     merged = peft_model.merge_and_unload()
     encoder = TextEncoder(
         merged,
@@ -124,6 +157,7 @@ def adapt_text_encoder(
         params.instruction,
         params.max_length,
         base_model=params.base_model,
+        pooling_head=head,
     )
     out_dir = Path(out_dir)
     encoder.save_pretrained(out_dir)  # atomic: tmp folder + rename
@@ -132,6 +166,7 @@ def adapt_text_encoder(
         content_hash=encoder.content_hash,
         mntp_losses=mntp_losses,
         contrastive_losses=contrastive_losses,
+        simcse_losses=simcse_losses,
         n_train_reports=len(reports),
         n_pairs=len(pairs),
         seconds=time.perf_counter() - start,

@@ -27,8 +27,32 @@ def _check_pairs(pairs: list[tuple[str, str]], hard_negatives: list[str] | None)
                 f"hard_negatives has {len(hard_negatives)} items, expected one per pair ({len(pairs)})"
             )
         for i, text in enumerate(hard_negatives):
-            if not isinstance(text, str) or not text.strip():
+            # None: this pair has no hard negative (only in-batch negatives for it).
+            if text is not None and (not isinstance(text, str) or not text.strip()):
                 raise ValueError(f"hard_negatives[{i}] is empty or not a string")
+
+
+def task_batches(tasks: list[str], batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """`steps` single-task batches: a task is drawn with probability proportional to its size
+    (tasks with fewer than 2 pairs are skipped), then a batch from that task's own epochs."""
+    import random
+
+    from cxr_assets.text.mntp import batch_indices
+
+    groups: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        groups.setdefault(str(task), []).append(i)
+    groups = {k: v for k, v in sorted(groups.items()) if len(v) >= 2}
+    if not groups:
+        raise ValueError("single-task batching needs a task with at least 2 pairs")
+    rng = random.Random(seed)
+    names = list(groups)
+    draws = rng.choices(names, weights=[len(groups[n]) for n in names], k=steps)
+    iterators = {
+        n: batch_indices(len(groups[n]), batch_size, draws.count(n), seed + k)
+        for k, n in enumerate(names)
+    }
+    return [[groups[n][j] for j in next(iterators[n])] for n in draws]
 
 
 def contrastive_loss(queries: Any, candidates: Any, scale: float, same_as_positive: Any) -> Any:
@@ -55,11 +79,20 @@ def train_contrastive(
     pooling: str,
     max_length: int,
     seed: int,
-    hard_negatives: list[str] | None = None,
+    hard_negatives: list[str | None] | None = None,
     progress: bool = True,
     log_fn: Callable[[int, float], None] | None = None,
+    pooling_head: Any = None,
+    steps: int | None = None,
+    tasks: list[str] | None = None,
 ) -> list[float]:
-    """Run `params.steps` InfoNCE steps on `pairs`, updating only LoRA weights; returns the losses."""
+    """Run `params.steps` (or `steps`) InfoNCE steps on `pairs`; returns the losses.
+
+    Only LoRA weights are updated, plus the whole latent-attention head when pooling uses one
+    (it starts random, so it must learn; LLM2Vec4CXR trains it in this stage too).
+    tasks: one task name per pair (e.g. the variant kind); every batch then holds one task only
+    (LLM2Vec's single-task batches: in-batch negatives of another task are too easy).
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -70,7 +103,8 @@ def train_contrastive(
 
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
-    if params.steps == 0:
+    steps = params.steps if steps is None else int(steps)
+    if steps == 0:
         return []
     _check_pairs(pairs, hard_negatives)
     if len(pairs) < 2:
@@ -78,6 +112,11 @@ def train_contrastive(
             f"contrastive training needs at least 2 pairs (in-batch negatives), got {len(pairs)}"
         )
     trainable = lora_parameters(model)
+    if pooling == "latent_attention":
+        if pooling_head is None:
+            raise ValueError("pooling 'latent_attention' needs pooling_head to train")
+        pooling_head.train()
+        trainable = trainable + [p for p in pooling_head.parameters() if p.requires_grad]
     torch.manual_seed(seed)  # dropout inside the LoRA layers
     body = backbone(model)
     optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=0.0)
@@ -85,21 +124,31 @@ def train_contrastive(
     losses: list[float] = []
     was_training = model.training
     model.train()
-    batches = batch_indices(len(pairs), params.batch_size, params.steps, seed)
-    bar = tqdm(batches, total=params.steps, desc="contrastive", disable=not progress)
+    if tasks is not None and len(tasks) != len(pairs):
+        raise ValueError(f"tasks has {len(tasks)} items, expected one per pair ({len(pairs)})")
+    batches = (
+        task_batches(tasks, params.batch_size, steps, seed)
+        if tasks is not None
+        else batch_indices(len(pairs), params.batch_size, steps, seed)
+    )
+    bar = tqdm(batches, total=steps, desc="contrastive", disable=not progress)
     try:
         for step, index in enumerate(bar):
             queries = [pairs[i][0] for i in index]
             candidates = [pairs[i][1] for i in index]
             if hard_negatives is not None:
-                candidates += [hard_negatives[i] for i in index]
+                candidates += [hard_negatives[i] for i in index if hard_negatives[i]]
             q = embed_batch(
                 body,
                 tokenize_with_instruction(tokenizer, queries, instruction or None, max_length),
                 pooling,
+                pooling_head,
             )
             c = embed_batch(
-                body, tokenize_with_instruction(tokenizer, candidates, None, max_length), pooling
+                body,
+                tokenize_with_instruction(tokenizer, candidates, None, max_length),
+                pooling,
+                pooling_head,
             )
             same = torch.tensor(
                 [
@@ -122,4 +171,6 @@ def train_contrastive(
                 log_fn(step, value)
     finally:
         model.train(was_training)
+        if pooling_head is not None:
+            pooling_head.eval()
     return losses

@@ -1,7 +1,8 @@
 """The report encoder used by the rest of the pipeline: a bidirectional LLM body + pooling.
 
 A saved encoder is a plain folder: the merged transformer body (`model.safetensors`,
-`config.json`), the tokenizer files and `encoder_config.json` (pooling, instruction, separator,
+`config.json`), the tokenizer files, for latent-attention pooling the head
+(`pooling_head.safetensors`), and `encoder_config.json` (pooling, instruction, separator,
 max_length, base_model, dim, content_hash). `content_hash` identifies what the encoder computes
 (all weight/config/tokenizer bytes + the encoding settings), so embedding caches can key on it.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import numpy as np
 
 ENCODER_CONFIG = "encoder_config.json"
+POOLING_HEAD = "pooling_head.safetensors"
 _HASH_FIELDS = ("pooling", "instruction", "separator", "max_length", "base_model", "dim")
 
 
@@ -63,6 +65,7 @@ class TextEncoder:
         base_model: str = "",
         content_hash: str | None = None,
         source_dir: Path | None = None,
+        pooling_head: Any = None,
     ) -> None:
         from cxr_assets.text.base_model import backbone, prepare_tokenizer
         from cxr_assets.text.bidirectional import enable_bidirectional
@@ -84,6 +87,13 @@ class TextEncoder:
         self.dim = int(self.model.config.hidden_size)
         self._content_hash = content_hash
         self._source_dir = source_dir
+        if pooling == "latent_attention" and pooling_head is None:
+            raise ValueError("pooling 'latent_attention' needs its pooling_head (a LatentAttentionPooling)")
+        if pooling_head is not None and int(pooling_head.hidden_size) != self.dim:
+            raise ValueError(
+                f"pooling head width {pooling_head.hidden_size} != model hidden size {self.dim}"
+            )
+        self.pooling_head = pooling_head.eval() if pooling_head is not None else None
 
     def __repr__(self) -> str:
         return (
@@ -122,6 +132,7 @@ class TextEncoder:
         instruction: str = "",
         max_length: int = 128,
         dtype: str = "float32",
+        pooling_head: Any = None,
     ) -> TextEncoder:
         """An un-adapted baseline: the base LLM made bidirectional, nothing trained."""
         from transformers import AutoModel, AutoTokenizer
@@ -146,6 +157,7 @@ class TextEncoder:
             max_length,
             base_model=str(model_path),
             source_dir=model_path,
+            pooling_head=pooling_head,
         )
 
     @classmethod
@@ -161,7 +173,14 @@ class TextEncoder:
         path = Path(path)
         config_file = path / ENCODER_CONFIG
         if not config_file.is_file():
-            raise FileNotFoundError(f"{path} is not a saved TextEncoder (no {ENCODER_CONFIG})")
+            from cxr_assets.text.llm2vec4cxr import is_llm2vec4cxr_folder, load_llm2vec4cxr
+
+            if is_llm2vec4cxr_folder(path):
+                return load_llm2vec4cxr(path, dtype=dtype or "float32", threads=threads)
+            raise FileNotFoundError(
+                f"{path} is neither a saved TextEncoder (no {ENCODER_CONFIG}) nor an "
+                "LLM2Vec4CXR checkpoint (no latent_attn.* weights)"
+            )
         stored = json.loads(config_file.read_text())
         missing = [k for k in (*_HASH_FIELDS, "content_hash") if k not in stored]
         if missing:
@@ -177,6 +196,9 @@ class TextEncoder:
             path, dtype=torch_dtype(dtype), attn_implementation="sdpa"
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
+        head = None
+        if stored["pooling"] == "latent_attention":
+            head = load_pooling_head(path / POOLING_HEAD, int(model.config.hidden_size))
         encoder = cls(
             model,
             tokenizer,
@@ -186,6 +208,7 @@ class TextEncoder:
             base_model=stored["base_model"],
             content_hash=stored["content_hash"],
             source_dir=path,
+            pooling_head=head,
         )
         if encoder.dim != stored["dim"]:
             raise ValueError(
@@ -208,6 +231,8 @@ class TextEncoder:
                 backend.no_truncation()
                 backend.no_padding()
             self.tokenizer.save_pretrained(tmp)
+            if self.pooling_head is not None and self.pooling == "latent_attention":
+                save_pooling_head(self.pooling_head, tmp / POOLING_HEAD)
             settings = self.settings()
             content_hash = folder_hash(tmp, settings)
             (tmp / ENCODER_CONFIG).write_text(
@@ -266,5 +291,38 @@ class TextEncoder:
                 batch = tokenize_with_instruction(
                     self.tokenizer, [texts[i] for i in chunk], instruction, self.max_length
                 )
-                out[chunk] = embed_batch(self.model, batch, self.pooling).cpu().numpy()
+                out[chunk] = (
+                    embed_batch(self.model, batch, self.pooling, self.pooling_head).cpu().numpy()
+                )
         return out
+
+
+def save_pooling_head(head: Any, file: Path) -> None:
+    """Write a latent-attention head as safetensors; its sizes go into the file's metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
+    meta = {"num_latents": str(head.num_latents), "num_heads": str(head.num_heads),
+            "hidden_size": str(head.hidden_size)}
+    save_file(tensors, str(file), metadata=meta)
+
+
+def load_pooling_head(file: Path, hidden_size: int) -> Any:
+    """Read a head written by save_pooling_head (sizes from its metadata), in float32."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from cxr_assets.text.pooling import make_latent_attention
+
+    file = Path(file)
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: latent-attention pooling head missing")
+    with safe_open(str(file), "pt") as handle:
+        meta = handle.metadata() or {}
+    try:
+        latents, heads = int(meta["num_latents"]), int(meta["num_heads"])
+    except KeyError as error:
+        raise ValueError(f"{file}: metadata lacks {error} (not written by save_pooling_head)") from None
+    head = make_latent_attention(hidden_size, latents, heads)
+    head.load_state_dict({k: v.float() for k, v in load_file(str(file)).items()})
+    return head.eval()

@@ -8,20 +8,105 @@ from __future__ import annotations
 
 from typing import Any
 
-POOLING_MODES = ("mean", "weighted_mean", "last_token")
+POOLING_MODES = ("mean", "weighted_mean", "last_token", "latent_attention")
 
 
-def pool(hidden: Any, embed_mask: Any, mode: str) -> Any:
+def make_latent_attention(hidden_size: int, num_latents: int, num_heads: int, seed: int = 0) -> Any:
+    """A freshly initialised NV-Embed latent-attention head (see LatentAttentionPooling).
+
+    Defined lazily so importing this module stays free of torch.
+    """
+    import torch
+
+    if num_latents < 1:
+        raise ValueError(f"num_latents must be >= 1, got {num_latents}")
+    if num_heads < 1 or hidden_size % num_heads != 0:
+        raise ValueError(
+            f"latent attention: hidden size {hidden_size} is not divisible by num_heads={num_heads}"
+        )
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # same seed, same head: the content hash stays reproducible
+    try:
+        head = _latent_attention_class()(hidden_size, num_latents, num_heads)
+    finally:
+        torch.random.set_rng_state(state)
+    return head
+
+
+def _latent_attention_class() -> Any:
+    """Build (once) the nn.Module class; torch is imported only when a head is needed."""
+    global _LATENT_CLASS
+    if _LATENT_CLASS is not None:
+        return _LATENT_CLASS
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class LatentAttentionPooling(nn.Module):
+        """NV-Embed / LLM2Vec4CXR latent attention: tokens are the queries, a learned latent
+        dictionary is both keys and values, then Linear-GELU-Linear, then a masked mean.
+
+        Parameter names match the LLM2Vec4CXR checkpoint (`latents`, `multihead_attn.*`, `mlp.0/2`),
+        so its `latent_attn.*` tensors load as they are. The forward pass is batched: the latents
+        are projected to keys/values once per call (not once per sample as upstream does), and
+        no key mask is needed because every latent is valid; padding only drops out in the mean.
+        """
+
+        def __init__(self, hidden_size: int, num_latents: int, num_heads: int) -> None:
+            super().__init__()
+            self.hidden_size = hidden_size
+            self.num_latents = num_latents
+            self.num_heads = num_heads
+            self.latents = nn.Parameter(torch.randn(num_latents, hidden_size))
+            self.multihead_attn = nn.MultiheadAttention(hidden_size, num_heads, batch_first=True)
+            self.mlp = nn.Sequential(
+                nn.Linear(hidden_size, hidden_size), nn.GELU(), nn.Linear(hidden_size, hidden_size)
+            )
+
+        def token_states(self, hidden: Any) -> Any:
+            """[B, T, D] -> [B, T, D]: attention of every token to the latents, then the MLP."""
+            attn = self.multihead_attn
+            dim, heads = self.hidden_size, self.num_heads
+            w_q, w_k, w_v = attn.in_proj_weight.split(dim)
+            b_q, b_k, b_v = (
+                attn.in_proj_bias.split(dim) if attn.in_proj_bias is not None else (None,) * 3
+            )
+            batch, length, _ = hidden.shape
+            q = F.linear(hidden, w_q, b_q).view(batch, length, heads, -1).transpose(1, 2)
+            k = F.linear(self.latents, w_k, b_k).view(self.num_latents, heads, -1).transpose(0, 1)
+            v = F.linear(self.latents, w_v, b_v).view(self.num_latents, heads, -1).transpose(0, 1)
+            # k, v [H, R, Dh] broadcast over the batch: no per-sample copy of the dictionary.
+            out = F.scaled_dot_product_attention(q, k.unsqueeze(0), v.unsqueeze(0))
+            out = attn.out_proj(out.transpose(1, 2).reshape(batch, length, dim))
+            return self.mlp(out)
+
+        def forward(self, hidden: Any, embed_mask: Any) -> Any:
+            """Masked mean of token_states over embed_mask == 1; returns [B, D]."""
+            weight = self.latents.dtype
+            states = self.token_states(hidden.to(weight))
+            mask = embed_mask.to(device=states.device, dtype=states.dtype)
+            return torch.einsum("bt,btd->bd", mask / mask.sum(dim=1, keepdim=True), states)
+
+    _LATENT_CLASS = LatentAttentionPooling
+    return _LATENT_CLASS
+
+
+_LATENT_CLASS: Any = None
+
+
+def pool(hidden: Any, embed_mask: Any, mode: str, head: Any = None) -> Any:
     """Pool hidden [B, T, D] over positions where embed_mask [B, T] is 1; returns float32 [B, D].
 
     mean: plain average; weighted_mean: weights 1..n over the embedded tokens in order, normalised
     (LLM2Vec's position-weighted mean, later tokens have seen more context); last_token: the
-    state of the last embedded token.
+    state of the last embedded token; latent_attention: `head` (a LatentAttentionPooling).
     """
     import torch
 
     if mode not in POOLING_MODES:
         raise ValueError(f"pooling mode must be one of {POOLING_MODES}, got {mode!r}")
+    if mode == "latent_attention" and head is None:
+        raise ValueError("pooling mode 'latent_attention' needs its pooling head (head=None)")
     if hidden.dim() != 3 or embed_mask.dim() != 2 or hidden.shape[:2] != embed_mask.shape:
         raise ValueError(
             f"pool expects hidden [B, T, D] and embed_mask [B, T]; got {tuple(hidden.shape)} and {tuple(embed_mask.shape)}"
@@ -31,6 +116,10 @@ def pool(hidden: Any, embed_mask: Any, mode: str) -> Any:
     if bool((counts == 0).any()):
         empty = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"rows {empty[:10]} have no token to embed (embed_mask all zero)")
+    if mode == "latent_attention":
+        head_float = head.latents.dtype == torch.float32
+        states = hidden.float() if head_float else hidden
+        return head(states, embed_mask.to(hidden.device)).float()
     states = hidden.float()
     if mode == "mean":
         weights = mask / counts.unsqueeze(1)
@@ -44,7 +133,7 @@ def pool(hidden: Any, embed_mask: Any, mode: str) -> Any:
     return torch.einsum("bt,btd->bd", weights, states)
 
 
-def embed_batch(body: Any, batch: dict[str, Any], mode: str) -> Any:
+def embed_batch(body: Any, batch: dict[str, Any], mode: str, head: Any = None) -> Any:
     """Run the transformer body on a tokenized batch (see tokenize_with_instruction) and pool it.
 
     Positions are counted from each row's first real token, so an embedding does not depend on
@@ -59,4 +148,6 @@ def embed_batch(body: Any, batch: dict[str, Any], mode: str) -> Any:
         attention_mask=attention,
         position_ids=position_ids_from_mask(attention),
     ).last_hidden_state
-    return pool(hidden, batch["embed_mask"].to(device), mode)
+    if head is not None and head.latents.device != hidden.device:
+        head.to(hidden.device)
+    return pool(hidden, batch["embed_mask"].to(device), mode, head)

@@ -7,6 +7,9 @@ import torch
 
 from cxr_assets.text.pooling import POOLING_MODES, pool
 
+# latent_attention has learned parameters: tested against the upstream loop in test_latent_attention.
+FIXED_MODES = tuple(m for m in POOLING_MODES if m != "latent_attention")
+
 
 def _naive(hidden: torch.Tensor, embed_mask: torch.Tensor, mode: str) -> torch.Tensor:
     out = []
@@ -33,7 +36,7 @@ def _batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     return hidden, mask
 
 
-@pytest.mark.parametrize("mode", POOLING_MODES)
+@pytest.mark.parametrize("mode", FIXED_MODES)
 def test_pool_matches_naive_loop(mode: str) -> None:
     hidden, mask = _batch()
     torch.testing.assert_close(pool(hidden, mask, mode), _naive(hidden, mask, mode))
@@ -43,7 +46,7 @@ def test_pool_ignores_masked_positions() -> None:
     hidden, mask = _batch()
     noisy = hidden.clone()
     noisy[~mask.bool()] = 1e6
-    for mode in POOLING_MODES:
+    for mode in FIXED_MODES:
         torch.testing.assert_close(pool(noisy, mask, mode), pool(hidden, mask, mode))
 
 

@@ -1,0 +1,88 @@
+"""torchrun entry point of the clip_model stage: `python -m cxr_assets.clip.launch SPEC.json`.
+
+The stage (or the Dagster Pipes client) writes a spec with the validated params, the project
+root and an output folder, then starts `torchrun --nproc_per_node N -m cxr_assets.clip.launch`.
+Every rank trains; rank 0 writes the best model (`save_clip_model`), `result.json` (history,
+best epoch, steps) and `steps.jsonl` (per-step metrics) into the output folder. When started by
+Dagster Pipes, rank 0 also streams log lines and metrics back to the Dagster run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def torchrun_command(spec_file: Path, nproc: int) -> list[str]:
+    """The command that runs this module on `nproc` local processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "cxr_assets.clip.launch", str(spec_file)]
+
+
+def write_spec(params, root: Path, out_dir: Path, spec_file: Path) -> Path:
+    spec = {"params": params.model_dump(mode="json"), "root": str(root), "out": str(out_dir)}
+    spec_file.parent.mkdir(parents=True, exist_ok=True)
+    spec_file.write_text(json.dumps(spec, indent=2))
+    return spec_file
+
+
+def _pipes():
+    """A Dagster Pipes context when launched by PipesSubprocessClient on rank 0, else None."""
+    if os.environ.get("RANK", "0") != "0" or "DAGSTER_PIPES_CONTEXT" not in os.environ:
+        return contextlib.nullcontext(None)
+    from dagster_pipes import open_dagster_pipes
+
+    return open_dagster_pipes()
+
+
+def main(spec_file: str) -> None:
+    from cxr_assets.clip.model import save_clip_model
+    from cxr_assets.config import parse_params
+    from cxr_assets.paths import ProjectPaths
+    from cxr_assets.stages.clip_model import train_from_catalog
+
+    spec = json.loads(Path(spec_file).read_text())
+    params = parse_params(spec["params"], spec_file)
+    paths = ProjectPaths.from_params(params, Path(spec["root"]))
+    out = Path(spec["out"])
+    rank = int(os.environ.get("RANK", "0"))
+    with _pipes() as pipes:
+        steps_file = None
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            steps_file = (out / "steps.jsonl").open("w")
+
+        def log_fn(step: int, metrics: dict[str, Any]) -> None:
+            if steps_file is None:
+                return
+            steps_file.write(json.dumps({"step": step, **metrics}) + "\n")
+            steps_file.flush()
+            if pipes is not None:
+                shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                pipes.log.info(f"step {step}: {shown}")
+
+        result, _, _, _ = train_from_catalog(params, paths, progress=rank == 0, log_fn=log_fn)
+        if rank == 0:
+            steps_file.close()
+            save_clip_model(result.model, out)
+            summary = {"history": result.history, "best_epoch": result.best_epoch,
+                       "best_val_loss": result.best_val_loss, "steps": result.steps,
+                       "seconds": result.seconds, "world_size": result.world_size,
+                       "resumed_from_step": result.resumed_from_step}
+            (out / "result.json").write_text(json.dumps(summary))
+            if pipes is not None:
+                pipes.report_custom_message({"world_size": result.world_size,
+                                             "steps": result.steps,
+                                             "best_val_loss": result.best_val_loss})
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

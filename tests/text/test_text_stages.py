@@ -1,0 +1,105 @@
+"""text_encoder + report_embeddings stages on a tiny LLM: variants, evaluation files, MLflow, cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from cxr_assets.text.contrastive import task_batches
+
+IU_CSV = Path(__file__).resolve().parents[3] / "shared" / "data" / "iu_xray" / "indiana_reports.csv"
+
+FINDINGS = [
+    "Heart size is normal. No pleural effusion.", "Small left pleural effusion.",
+    "Right lower lobe opacity.", "Mild cardiomegaly. No pneumothorax.",
+    "Lungs are clear.", "Bilateral interstitial opacities.",
+]
+IMPRESSIONS = ["No acute disease.", "Left effusion.", "Pneumonia.", "Cardiomegaly.",
+               "Normal chest.", "Edema."]
+
+
+def test_task_batches_hold_one_task_each() -> None:
+    tasks = ["a"] * 10 + ["b"] * 5 + ["c"]  # "c" has a single pair: never drawn
+    batches = task_batches(tasks, batch_size=4, steps=30, seed=0)
+    assert len(batches) == 30
+    for batch in batches:
+        assert len({tasks[i] for i in batch}) == 1 and len(set(batch)) == len(batch)
+    assert {tasks[b[0]] for b in batches} == {"a", "b"}
+    assert batches == task_batches(tasks, batch_size=4, steps=30, seed=0)
+    with pytest.raises(ValueError, match="at least 2 pairs"):
+        task_batches(["x", "y"], 4, 3, 0)
+
+
+def _project(root: Path, tiny_dir: Path, **text_encoder) -> tuple:
+    from cxr_assets.config import parse_params
+    from cxr_assets.paths import ProjectPaths
+    from cxr_assets.reports.variants import build_variants
+    from tests.helpers import tiny_params
+
+    raw = tiny_params(root, tiny_dir)
+    raw["text_encoder"].update(text_encoder)
+    params = parse_params(raw)
+    paths = ProjectPaths.from_params(params, root)
+    n = 12
+    reports = pl.DataFrame({
+        "study_id": [f"s{i:02d}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
+        "findings": [FINDINGS[i % 6] for i in range(n)],
+        "impression": [IMPRESSIONS[i % 6] for i in range(n)],
+    }).with_columns((pl.col("findings") + " " + pl.col("impression")).alias("report_for_training"))
+    splits = pl.DataFrame({"study_id": reports["study_id"],
+                           "split": ["train"] * 9 + ["test"] * 3})
+    paths.catalog_dir.mkdir(parents=True, exist_ok=True)
+    reports.write_parquet(paths.report_texts_table)
+    splits.write_parquet(paths.splits_table)
+    build_variants(reports, splits, seed=1, progress=False).write_parquet(paths.report_variants_table)
+    return params, paths
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not IU_CSV.is_file(), reason="shared IU reports absent")
+def test_stages_train_on_variants_evaluate_log_and_cache(tiny_dir: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    from cxr_assets.registry.tracking import tracking_uri
+    from cxr_assets.stages import report_embeddings, text_encoder
+    from cxr_assets.text.encoder import TextEncoder
+
+    params, paths = _project(
+        tmp_path, tiny_dir, pooling="latent_attention",
+        latent_attention={"num_latents": 8, "num_heads": 8},
+        evaluation={"iu_csv": str(IU_CSV), "max_reports": 30, "baselines": ["raw_llm", "tfidf"]},
+    )
+    result = text_encoder.run(params, paths, progress=False)
+    meta = result.metadata
+    assert meta["training_source"] == "report_variants" and meta["n_hard_negatives"] > 0
+    assert (paths.text_encoder_dir / "pooling_head.safetensors").is_file()
+
+    table = pl.DataFrame(__import__("json").loads(
+        (paths.reports_dir / "text_encoder_eval.json").read_text())["rows"])
+    assert set(table["encoder"]) == {"adapted", "raw_llm", "tfidf"}
+    assert {"abbreviation", "summarization", "error_discrimination", "label_consistency",
+            "zero_shot"} <= set(table["task"])
+    assert "| summarization | R@1" in (paths.reports_dir / "text_encoder_eval.md").read_text()
+
+    mlflow.set_tracking_uri(tracking_uri(params, paths))
+    client = mlflow.MlflowClient()
+    run = client.get_run(meta["mlflow_run_id"])
+    assert run.data.params["text_encoder.pooling"] == "latent_attention"
+    assert len(client.get_metric_history(run.info.run_id, "mntp_loss")) == 2
+    assert len(client.get_metric_history(run.info.run_id, "contrastive_loss")) == 2
+    assert any(k.startswith("eval.adapted.summarization") for k in run.data.metrics)
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "text_encoder")}
+    assert "text_encoder/encoder_config.json" in artifacts
+
+    first = report_embeddings.run(params, paths, progress=False)
+    assert first.metadata["n_encoded_now"] > 0
+    again = report_embeddings.run(params, paths, progress=False)
+    assert again.metadata["n_encoded_now"] == 0  # unchanged reports: nothing re-encoded
+    stored = pl.read_parquet(paths.report_embeddings_table)
+    texts = pl.read_parquet(paths.report_texts_table).sort("study_id")["report_for_training"].to_list()
+    fresh = TextEncoder.from_pretrained(paths.text_encoder_dir, threads=1)
+    recomputed = fresh.encode(texts, instruction=fresh.instruction or None, progress=False)
+    assert np.allclose(np.stack(stored["embedding"].to_numpy()), recomputed, atol=1e-5)

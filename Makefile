@@ -55,6 +55,7 @@ reevaluate: setup
 	dagster job execute -m $(DAGSTER_MODULE_NAME) -j champion_reevaluation_job
 
 bench: setup
+	$(VENV)/bin/pip install -q -e '.[bench]'
 	python benchmarks/run.py
 
 lint: setup

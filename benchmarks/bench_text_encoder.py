@@ -10,6 +10,7 @@ embeddings against ours in fp32.
 
     python benchmarks/bench_text_encoder.py            # or: python benchmarks/run.py text_encoder
     BENCH_SKIP_LLM2VEC=1 python benchmarks/bench_text_encoder.py   # without the peer venv
+    BENCH_N_REPORTS=128 BENCH_CANDIDATES=llm2vec_fp32,ours_fp32 python benchmarks/bench_text_encoder.py
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 IU_CSV = ROOT.parent / "shared" / "data" / "iu_xray" / "indiana_reports.csv"
-N_REPORTS, THREADS, BATCH, MAX_LENGTH = 512, 2, 32, 512
+# BENCH_N_REPORTS / BENCH_CANDIDATES (comma list) shrink a run on a busy machine.
+N_REPORTS = int(os.environ.get("BENCH_N_REPORTS", "512"))
+THREADS, BATCH, MAX_LENGTH = 2, 32, 512
 PEER_VENV = ROOT / ".cache" / "cxr" / "bench" / "llm2vec-0.2.3"
 PEER_PINS = ["torch==2.13.0", "llm2vec==0.2.3"]
 
@@ -115,7 +118,7 @@ model.encode(texts[:8], batch_size=int(batch), show_progress_bar=False)
 start = time.perf_counter()
 vectors = model.encode(texts, batch_size=int(batch), show_progress_bar=False)
 seconds = time.perf_counter() - start
-np.save(out + ".npy", vectors.float().numpy())
+np.save(out[: -len(".json")] + ".npy", vectors.float().numpy())
 open(out, "w").write(json.dumps({"seconds": seconds, "n": len(texts),
     "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}))
 '''
@@ -191,6 +194,8 @@ def main() -> None:
     names = ["ours_fp32", "ours_bf16", "plain_padded_fp32"]
     if not os.environ.get("BENCH_SKIP_LLM2VEC"):
         names = ["llm2vec_fp32", "llm2vec_bf16", *names]
+    if os.environ.get("BENCH_CANDIDATES"):
+        names = [n for n in os.environ["BENCH_CANDIDATES"].split(",") if n]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

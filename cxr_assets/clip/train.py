@@ -53,7 +53,7 @@ _log = logging.getLogger(__name__)
 
 GRAD_CLIP_NORM = 1.0  # default of clip.grad_clip_norm, kept for importers
 LogFn = Callable[[int, dict], None]
-__all__ = ["clip_loss", "train_clip", "ClipTrainResult", "CachedPairDataset"]
+__all__ = ["CachedPairDataset", "ClipTrainResult", "clip_loss", "train_clip"]
 
 
 @dataclass

@@ -62,6 +62,11 @@ def embed_texts(
     model: DualTowerClip, text_embeddings: np.ndarray, batch_size: int = 1024
 ) -> np.ndarray:
     """Project cached report embeddings [N, text_dim] to L2-normalized float32 [N, embed_dim]."""
+    if model.text_tower is not None:
+        raise ValueError(
+            "this CLIP model trained its text tower online (clip.text_tower=lora): cached report "
+            "embeddings from the original encoder do not match it; use embed_reports(model, texts)"
+        )
     array = np.asarray(text_embeddings)
     if array.ndim != 2 or array.shape[1] != model.config.text_dim:
         raise ValueError(
@@ -78,6 +83,33 @@ def embed_texts(
         for start in range(0, len(tensor), batch_size):
             chunk = tensor[start : start + batch_size].to(device)
             parts.append(model.encode_text(chunk).float().cpu().numpy())
+    finally:
+        model.train(was_training)
+    if not parts:
+        return np.zeros((0, model.config.embed_dim), dtype=np.float32)
+    return np.concatenate(parts).astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def embed_reports(
+    model: DualTowerClip, texts: list[str], batch_size: int = 32, progress: bool = True
+) -> np.ndarray:
+    """Report strings -> L2-normalized float32 [N, embed_dim] through the model's online text
+    tower (models trained with clip.text_tower=lora)."""
+    from tqdm.auto import tqdm
+
+    if model.text_tower is None:
+        raise ValueError("embed_reports needs a model with an online text tower; use embed_texts")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    was_training = model.training
+    model.eval()
+    parts = []
+    try:
+        starts = range(0, len(texts), batch_size)
+        for start in tqdm(starts, desc="embed reports", disable=not progress, leave=False):
+            parts.append(model.encode_reports(list(texts[start : start + batch_size])).float()
+                         .cpu().numpy())
     finally:
         model.train(was_training)
     if not parts:

@@ -159,6 +159,10 @@ class LocalEncoder:
     def embed_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
+        if self.clip.text_tower is not None:  # clip.text_tower: lora carries its own tuned encoder
+            from cxr_assets.embed.images import embed_reports
+
+            return embed_reports(self.clip, list(texts), progress=False)
         raw = self.text_encoder.encode(list(texts), instruction=self.text_encoder.instruction or None,
                                        progress=False)
         with torch.inference_mode():

@@ -66,10 +66,15 @@ class CxrClipPyfunc(mlflow.pyfunc.PythonModel):
             ]
         if "report_text" in frame:
             texts = [t if isinstance(t, str) else "" for t in frame["report_text"]]
-            raw = self.text_encoder.encode(texts, instruction=self.text_encoder.instruction or None,
-                                           progress=False)
-            with torch.inference_mode():
-                emb = self.clip.encode_text(torch.from_numpy(raw)).numpy()
+            if self.clip.text_tower is not None:
+                # LoRA-trained text tower: the model's own (merged) encoder, not the cached one.
+                with torch.inference_mode():
+                    emb = self.clip.encode_reports(texts).numpy()
+            else:
+                raw = self.text_encoder.encode(
+                    texts, instruction=self.text_encoder.instruction or None, progress=False)
+                with torch.inference_mode():
+                    emb = self.clip.encode_text(torch.from_numpy(raw)).numpy()
             out["text_embedding"] = [
                 v.tolist() if isinstance(t, str) and t else None
                 for t, v in zip(frame["report_text"], emb)

@@ -67,9 +67,12 @@ def model_card(params: Params, paths: ProjectPaths, encoder_hash: str, result, n
     return "\n".join([
         f"# {params.registry.model_name}: chest X-ray image-report CLIP model",
         "",
-        "Image tower: timm `{}` ({} px, grayscale); text tower: frozen adapted LLM encoder "
+        "Image tower: timm `{}` ({} px, grayscale); text tower: {} adapted LLM encoder "
         "`{}` with a {} adapter; shared dimension {}; loss `{}`.".format(
-            c.vision_backbone, c.image_size, params.text_encoder.base_model,
+            c.vision_backbone, c.image_size,
+            "frozen" if c.text_tower == "cached" else
+            f"online LoRA-trained (r={c.text_lora.r}, merged into clip_model/text_encoder)",
+            params.text_encoder.base_model,
             "LayerNorm + Linear" if c.text_adapter == "linear" else "residual MLP",
             c.embed_dim, c.loss),
         "",
@@ -81,10 +84,11 @@ def model_card(params: Params, paths: ProjectPaths, encoder_hash: str, result, n
         *lock_lines,
         "",
         "## Training",
-        f"- epochs: {c.epochs}, batch: {c.batch_size} (micro-batch {c.micro_batch_size or 'none'}"
-        f"), processes: {result.world_size}, precision: {c.precision}, lr: {c.lr}",
-        f"- steps: {result.steps} (resumed from step {result.resumed_from_step}), "
-        f"best epoch: {result.best_epoch}",
+        (f"- epochs: {c.epochs}, batch: {c.batch_size} (micro-batch "
+         f"{c.micro_batch_size or 'none'}), processes: {result.world_size}, "
+         f"precision: {c.precision}, lr: {c.lr}"),
+        (f"- steps: {result.steps} (resumed from step {result.resumed_from_step}), "
+         f"best epoch: {result.best_epoch}"),
         f"- best validation loss: {result.best_val_loss:.4f}",
         "",
         "Evaluation metrics are added to this run by the evaluation_report asset.",
@@ -117,17 +121,27 @@ def train_from_catalog(params: Params, paths: ProjectPaths, progress: bool = Tru
         raise ValueError(f"clip_model: only {train.height} training image-report pairs; need >= 2")
     encoder_hash = pl.read_parquet(paths.report_embeddings_table)["encoder_hash"][0]
 
+    if params.clip.text_tower == "lora":
+        # Online text tower: the report strings themselves, encoded every step with LoRA.
+        reports = pl.read_parquet(paths.report_texts_table).select(
+            "study_id", pl.col("report_for_training").fill_null("").alias("report"))
+        train = train.join(reports, on="study_id", how="left")
+        val = val.join(reports, on="study_id", how="left")
+        train_text, val_text = train["report"].to_list(), val["report"].to_list()
+    else:
+        train_text, val_text = embedding_matrix(train), embedding_matrix(val)
     result = train_clip(
-        [Path(p) for p in train["cache_path"]], embedding_matrix(train),
-        [Path(p) for p in val["cache_path"]], embedding_matrix(val),
+        [Path(p) for p in train["cache_path"]], train_text,
+        [Path(p) for p in val["cache_path"]], val_text,
         params.clip, text_encoder_hash=encoder_hash, seed=params.project.seed, progress=progress,
         log_fn=log_fn, checkpoint_dir=checkpoint_dir(params, paths),
+        text_encoder_dir=paths.text_encoder_dir,
     )
     return result, train, val, encoder_hash
 
 
 def _subprocess_launcher(command: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(command, env=env)
+    done = subprocess.run(command, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"torchrun CLIP training failed with exit code {done.returncode}: "
                            f"{' '.join(command)}")
@@ -176,41 +190,43 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True,
     from cxr_assets.registry.pyfunc_model import log_clip_pyfunc
     from cxr_assets.registry.tracking import CHALLENGER, configure_mlflow
 
-    step_metrics: list[dict] = []
-    if params.clip.distributed.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-        require("clip_model", {
-            "study_images": [paths.study_images_table],
-            "study_splits": [paths.splits_table],
-            "report_embeddings": [paths.report_embeddings_table],
-            "text_encoder": [paths.text_encoder_dir / "encoder_config.json"],
-        })
-        pairs = image_report_pairs(paths)
-        train = pairs.filter(pl.col("split") == "train")
-        val = pairs.filter(pl.col("split") == "val")
-        encoder_hash = pl.read_parquet(paths.report_embeddings_table)["encoder_hash"][0]
-        result, step_metrics = train_with_torchrun(params, paths, launcher)
-    else:
-        result, train, val, encoder_hash = train_from_catalog(
-            params, paths, progress,
-            log_fn=lambda step, metrics: step_metrics.append({"step": step, **metrics}))
-
-    with atomic_dir(paths.clip_model_dir) as out:
-        save_clip_model(result.model, out)
-        write_json(out / "history.json", result.history)
-        curve = plot_training_curves(result.history, out / "training_curves.png")
-        card = model_card(params, paths, encoder_hash, result, train.height, val.height)
-        (out / "MODEL_CARD.md").write_text(card + "\n")
-
-    training = paths.training_report_dir
-    training.mkdir(parents=True, exist_ok=True)
-    write_json(training / "clip_metrics.json", {
-        "best_epoch": result.best_epoch, "best_val_loss": round(result.best_val_loss, 6),
-        "final_train_loss": round(result.history[-1]["train_loss"], 6), "steps": result.steps,
+    require("clip_model", {
+        "study_images": [paths.study_images_table],
+        "study_splits": [paths.splits_table],
+        "report_embeddings": [paths.report_embeddings_table],
+        "text_encoder": [paths.text_encoder_dir / "encoder_config.json"],
     })
-    pl.DataFrame(result.history).write_csv(training / "clip_history.csv")
-
     client = configure_mlflow(params, paths)
+    # The run spans training, so MLflow's system metrics (CPU, memory, GPU) cover it.
     with mlflow.start_run(run_name="clip_model", log_system_metrics=True) as run:
+        step_metrics: list[dict] = []
+        if params.clip.distributed.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+            pairs = image_report_pairs(paths)
+            train = pairs.filter(pl.col("split") == "train")
+            val = pairs.filter(pl.col("split") == "val")
+            encoder_hash = pl.read_parquet(paths.report_embeddings_table)["encoder_hash"][0]
+            result, step_metrics = train_with_torchrun(params, paths, launcher)
+        else:
+            result, train, val, encoder_hash = train_from_catalog(
+                params, paths, progress,
+                log_fn=lambda step, metrics: step_metrics.append({"step": step, **metrics}))
+
+        with atomic_dir(paths.clip_model_dir) as out:
+            save_clip_model(result.model, out)
+            write_json(out / "history.json", result.history)
+            curve = plot_training_curves(result.history, out / "training_curves.png")
+            card = model_card(params, paths, encoder_hash, result, train.height, val.height)
+            (out / "MODEL_CARD.md").write_text(card + "\n")
+
+        training = paths.training_report_dir
+        training.mkdir(parents=True, exist_ok=True)
+        write_json(training / "clip_metrics.json", {
+            "best_epoch": result.best_epoch, "best_val_loss": round(result.best_val_loss, 6),
+            "final_train_loss": round(result.history[-1]["train_loss"], 6),
+            "steps": result.steps,
+        })
+        pl.DataFrame(result.history).write_csv(training / "clip_history.csv")
+
         mlflow.log_params(_flat_params("clip", params.clip.model_dump()))
         mlflow.log_params({
             "text_encoder.base_model": params.text_encoder.base_model,
@@ -223,10 +239,12 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True,
         _log_step_metrics(client, run.info.run_id, step_metrics)
         mlflow.log_artifact(str(paths.clip_model_dir / "training_curves.png"))
         mlflow.log_text(card, "MODEL_CARD.md")
-        info = log_clip_pyfunc(paths.text_encoder_dir, paths.clip_model_dir, params.registry.model_name)
+        info = log_clip_pyfunc(paths.text_encoder_dir, paths.clip_model_dir,
+                               params.registry.model_name)
         version = str(info.registered_model_version)
         client.set_registered_model_alias(params.registry.model_name, CHALLENGER, version)
-        client.set_model_version_tag(params.registry.model_name, version, "encoder_hash", encoder_hash)
+        client.set_model_version_tag(params.registry.model_name, version, "encoder_hash",
+                                     encoder_hash)
         run_id = run.info.run_id
 
     registry = {"model_name": params.registry.model_name, "version": version, "run_id": run_id,

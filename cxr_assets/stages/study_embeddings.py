@@ -25,7 +25,7 @@ from cxr_assets.stages.training_data import (
 
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
     from cxr_assets.clip.model import load_clip_model
-    from cxr_assets.embed.images import embed_images, embed_texts
+    from cxr_assets.embed.images import embed_images, embed_reports, embed_texts
     from cxr_assets.embed.search import vector_db_path, write_vector_table
 
     require("study_embeddings", {"clip_model": [paths.clip_model_dir / "registry.json"],
@@ -37,7 +37,10 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         "study_id", pl.col("report_for_training").fill_null("").alias("report_text"))
     studies = one_image_per_study(image_report_pairs(paths)).join(reports, on="study_id", how="left")
     image_emb = embed_images(model, [Path(p) for p in studies["cache_path"]], progress=progress)
-    text_emb = embed_texts(model, embedding_matrix(studies))
+    if model.text_tower is None:
+        text_emb = embed_texts(model, embedding_matrix(studies))
+    else:  # clip.text_tower: lora: the tuned tower re-encodes the report text itself
+        text_emb = embed_reports(model, studies["report_text"].to_list(), progress=progress)
     dim = image_emb.shape[1]
     table = studies.select("study_id", "patient_id", "split", "image_id", "view_position", "cache_path",
                            "report_text").with_columns(

@@ -92,7 +92,7 @@ def training_data(params: Params, paths: ProjectPaths, progress: bool = True) ->
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path, train_texts: list[str],
+def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path,
              progress: bool) -> tuple[pl.DataFrame | None, list[str]]:
     """The adapted encoder and the baselines on the held-out IU reports; (table, notes)."""
     from cxr_assets.text.base_model import resolve_base_model
@@ -120,8 +120,9 @@ def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path, train_texts
             elif name == "minilm":
                 encoders[name] = MiniLMEncoder()
             elif name == "tfidf":
-                corpus = train_texts or iu.filter(pl.col("split") == "train")["report"].to_list()
-                encoders[name] = TfidfEncoder(corpus)
+                # Fitted on the IU training part (in-domain vocabulary, never the held-out part),
+                # whatever the encoder itself was adapted on.
+                encoders[name] = TfidfEncoder(iu.filter(pl.col("split") == "train")["report"].to_list())
         except (ModuleNotFoundError, FileNotFoundError) as error:
             notes.append(f"baseline {name} skipped: {error}")
     table = evaluate_text_encoders(encoders, data, batch_size=te.embed_batch_size,
@@ -212,7 +213,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
 
     table, notes = None, ["evaluation disabled (text_encoder.evaluation.enabled: false)"]
     if te.evaluation.enabled:
-        table, notes = evaluate(params, paths, result.encoder_dir, data.texts, progress)
+        table, notes = evaluate(params, paths, result.encoder_dir, progress)
         if table is None:
             log.warning("; ".join(notes))
     eval_files = write_evaluation(table, notes, paths.reports_dir)

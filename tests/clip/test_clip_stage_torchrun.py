@@ -59,3 +59,38 @@ def test_clip_asset_runs_torchrun_through_pipes_and_registers_challenger(tmp_pat
     out = model.predict(pd.DataFrame({"image_path": [str(image)],
                                       "report_text": ["No acute cardiopulmonary process."]}))
     assert len(out["image_embedding"][0]) == 32 and len(out["text_embedding"][0]) == 32
+
+
+def test_clip_stage_with_online_lora_text_tower(tmp_path, tiny_llm, monkeypatch):
+    """Single process, text_tower=lora: the registered model embeds reports with its own
+    LoRA-merged encoder (saved in clip_model/text_encoder)."""
+    from dags_defs.assets import pipeline_assets
+    from dags_defs.resources import DvcRecorder, PipelineConfig
+
+    params = tiny_params(tmp_path, tiny_llm, clip={
+        "epochs": 1, "batch_size": 8, "micro_batch_size": 4, "text_tower": "lora",
+        "text_lora": {"r": 4}, "device": "cpu"})
+    write_params(tmp_path, params)
+    monkeypatch.chdir(tmp_path)
+    materialize(
+        pipeline_assets, selection=AssetSelection.assets("clip_model").upstream(),
+        resources={"pipeline": PipelineConfig(root=str(tmp_path)),
+                   "dvc": DvcRecorder(enabled=False)},
+        instance=DagsterInstance.ephemeral(), raise_on_error=True,
+    )
+    model_dir = tmp_path / "artifacts" / "clip_model"
+    assert (model_dir / "text_encoder" / "encoder_config.json").is_file()
+    import mlflow
+
+    from cxr_assets.clip.model import load_clip_model
+
+    clip = load_clip_model(model_dir)
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = mlflow.pyfunc.load_model("models:/cxr-tiny@challenger")
+    report = "FINDINGS: Lungs are clear. IMPRESSION: Normal chest."
+    out = model.predict(pd.DataFrame({"report_text": [report]}))
+    import torch
+
+    with torch.no_grad():
+        expected = clip.encode_reports([report])[0].numpy()
+    assert out["text_embedding"][0] == pytest.approx(expected.tolist(), abs=1e-5)

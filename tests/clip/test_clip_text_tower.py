@@ -12,8 +12,8 @@ from cxr_assets.clip.text_tower import OnlineTextTower, shuffle_sentences
 from cxr_assets.config import ClipParams, ClipTextLoraParams
 
 REPORTS = [
-    "FINDINGS: The heart is normal in size. No pleural effusion. Lungs are clear. "
-    "IMPRESSION: No acute disease.",
+    ("FINDINGS: The heart is normal in size. No pleural effusion. Lungs are clear. "
+     "IMPRESSION: No acute disease."),
     "FINDINGS: Right lower lobe opacity. Small effusion on the right. IMPRESSION: Pneumonia.",
     "FINDINGS: Cardiomegaly. Pulmonary vascular congestion. IMPRESSION: Heart failure.",
     "FINDINGS: Left apical pneumothorax. No mediastinal shift. IMPRESSION: Pneumothorax.",
@@ -37,7 +37,7 @@ def test_sentence_shuffle_stays_within_sections():
     for out in seen:
         findings, impression = out.split("IMPRESSION:")
         assert out.startswith("FINDINGS:")
-        assert sorted(findings.replace("FINDINGS:", "").split(". ")) != [] and "E five" in impression
+        assert "E five" in impression and "F six" in impression
         assert {"A one", "B two", "C three", "D four"} <= {s.strip(" .") for s in findings[9:].split(".")}
     with pytest.raises(ValueError, match="shuffle probability"):
         shuffle_sentences(text, 1.5, torch.Generator())

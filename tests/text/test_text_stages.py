@@ -103,3 +103,21 @@ def test_stages_train_on_variants_evaluate_log_and_cache(tiny_dir: Path, tmp_pat
     fresh = TextEncoder.from_pretrained(paths.text_encoder_dir, threads=1)
     recomputed = fresh.encode(texts, instruction=fresh.instruction or None, progress=False)
     assert np.allclose(np.stack(stored["embedding"].to_numpy()), recomputed, atol=1e-5)
+
+
+@pytest.mark.skipif(not IU_CSV.is_file(), reason="shared IU reports absent")
+def test_iu_corpus_trains_only_on_the_training_part(tiny_dir: Path, tmp_path: Path) -> None:
+    from cxr_assets.stages.text_encoder import training_data
+    from cxr_assets.text.evaluation import load_iu_reports
+
+    params, paths = _project(tmp_path, tiny_dir, corpus={"source": "iu_csv", "iu_csv": str(IU_CSV)})
+    data = training_data(params, paths, progress=False)
+    iu = load_iu_reports(IU_CSV, params.text_encoder.corpus.salt,
+                         params.text_encoder.corpus.heldout_fraction)
+    held = set(iu.filter(pl.col("split") == "heldout")["report"])
+    train = set(iu.filter(pl.col("split") == "train")["report"])
+    assert data.source.startswith("iu_csv") and set(data.texts) == train and len(data.texts) > 2000
+    assert not held & set(data.texts) - train  # a held-out report only if its twin is in train
+    anchors = {a for a, _ in data.pairs}
+    assert len(data.pairs) > 4000 and data.tasks is not None and data.hard_negatives is not None
+    assert anchors & train and not (anchors & held) - train

@@ -1,0 +1,23 @@
+"""The IU adaptation profile (params.iu.yaml) validates and changes only the text_encoder section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from cxr_assets.config import load_params
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_iu_profile_differs_from_params_only_in_text_encoder() -> None:
+    iu = load_params(REPO / "params.iu.yaml")
+    base = load_params(REPO / "params.yaml")
+    assert iu.text_encoder.corpus.source == "iu_csv" and base.text_encoder.corpus.source == "catalog"
+    assert iu.text_encoder.mntp.steps > base.text_encoder.mntp.steps
+    iu_raw = yaml.safe_load((REPO / "params.iu.yaml").read_text())
+    base_raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(iu_raw) == set(base_raw)
+    changed = [k for k in base_raw if iu_raw[k] != base_raw[k]]
+    assert changed == ["text_encoder"], f"params.iu.yaml is out of sync with params.yaml: {changed}"

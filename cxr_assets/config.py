@@ -95,7 +95,7 @@ class SplitParams(_Section):
     )
 
     @model_validator(mode="after")
-    def _sum_to_one(self) -> "SplitParams":
+    def _sum_to_one(self) -> SplitParams:
         total = self.train + self.val + self.test
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + val + test must sum to 1, got {total:.4f}")
@@ -251,7 +251,7 @@ class ClipParams(_Section):
     distributed: ClipDistributedParams = ClipDistributedParams()
 
     @model_validator(mode="after")
-    def _micro_fits(self) -> "ClipParams":
+    def _micro_fits(self) -> ClipParams:
         if self.micro_batch_size is not None and self.micro_batch_size > self.batch_size:
             raise ValueError(
                 f"micro_batch_size {self.micro_batch_size} > batch_size {self.batch_size}"

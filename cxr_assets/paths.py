@@ -72,6 +72,15 @@ class ProjectPaths:
         return self.catalog_dir / "quarantine.parquet"
 
     @property
+    def catalog_reports_table(self) -> Path:
+        """Raw report text per catalogued study (decoded, PHI policy applied)."""
+        return self.catalog_dir / "reports.parquet"
+
+    @property
+    def batches_table(self) -> Path:
+        return self.catalog_dir / "ingest_batches.parquet"
+
+    @property
     def study_images_table(self) -> Path:
         return self.catalog_dir / "study_images.parquet"
 

@@ -14,12 +14,21 @@ from dagster import (
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
+    DynamicPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
     asset,
 )
 
-from cxr_assets.stages import REEVALUATION, STAGES, StageSpec, stage_doc, stage_module
+from cxr_assets.stages import (
+    INGEST_BATCH,
+    REEVALUATION,
+    SIDE_INPUTS,
+    STAGES,
+    StageSpec,
+    stage_doc,
+    stage_module,
+)
 from dags_defs.resources import DvcRecorder, PipelineConfig
 
 
@@ -56,7 +65,11 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True):
+# One partition per batch folder in ingest.drop_dir, added by new_ingest_batch_sensor.
+ingest_batches = DynamicPartitionsDefinition(name="ingest_batches")
+
+
+def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True, partitions_def=None):
     check_specs = [
         AssetCheckSpec(c.name, asset=spec.name, blocking=c.blocking, description=c.description)
         for c in spec.checks
@@ -64,7 +77,8 @@ def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True):
 
     @asset(
         name=spec.name,
-        deps=[AssetKey(u) for u in spec.upstream],
+        deps=[AssetKey(u) for u in (*spec.upstream, *SIDE_INPUTS.get(spec.name, ()))],
+        partitions_def=partitions_def,
         group_name=spec.group,
         kinds=set(spec.kinds),
         description=stage_doc(spec.name),
@@ -77,6 +91,9 @@ def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True):
             from dags_defs.clip_pipes import run_clip_with_pipes
 
             result = run_clip_with_pipes(context, params, paths)
+        elif partitions_def is not None:
+            result = stage_module(spec.name).run(params, paths, progress=True,
+                                                 batch=context.partition_key)
         else:
             result = stage_module(spec.name).run(params, paths, progress=True)
         metadata = to_metadata(result.metadata)
@@ -103,3 +120,4 @@ def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True):
 pipeline_assets = [build_stage_asset(spec) for spec in STAGES]
 # Re-evaluation is scheduled monitoring, not a DVC stage: nothing to record in dvc.lock.
 reevaluation_asset = build_stage_asset(REEVALUATION, record_in_dvc=False)
+ingest_batch_asset = build_stage_asset(INGEST_BATCH, record_in_dvc=False, partitions_def=ingest_batches)

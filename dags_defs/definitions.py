@@ -10,13 +10,14 @@ from dagster import (
     RunRequest,
     ScheduleDefinition,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     define_asset_job,
     in_process_executor,
     sensor,
 )
 
-from dags_defs.assets import pipeline_assets, reevaluation_asset
+from dags_defs.assets import ingest_batch_asset, ingest_batches, pipeline_assets, reevaluation_asset
 from dags_defs.resources import DvcRecorder, PipelineConfig
 
 # One process, one step at a time: the chain is sequential, DuckDB and DVC want one writer,
@@ -31,6 +32,13 @@ champion_reevaluation_job = define_asset_job(
     selection=AssetSelection.assets(reevaluation_asset),
     description="Re-evaluate models:/<name>@champion on the current test split.",
 )
+ingest_batch_job = define_asset_job(
+    "ingest_batch_job",
+    selection=AssetSelection.assets(ingest_batch_asset, "raw_studies", "study_images", "report_texts"),
+    partitions_def=ingest_batches,
+    description="Check one new drop-folder batch, then re-catalogue: new studies reach the catalog, "
+    "image cache and report texts; re-run cxr_pipeline (or let the data sensor re-evaluate) next.",
+)
 champion_reevaluation = ScheduleDefinition(
     name="champion_reevaluation",
     job=champion_reevaluation_job,
@@ -39,6 +47,26 @@ champion_reevaluation = ScheduleDefinition(
     description="Daily re-evaluation of the champion model; warns on metric drift.",
 )
 
+
+
+@sensor(job=ingest_batch_job, minimum_interval_seconds=60,
+        default_status=DefaultSensorStatus.STOPPED)
+def new_ingest_batch_sensor(context: SensorEvaluationContext, pipeline: PipelineConfig):
+    """Registers each new sub-folder of ingest.drop_dir as an ingest_batches partition and ingests it."""
+    from cxr_assets.ingest.catalog import batch_folders
+
+    params, paths = pipeline.load()
+    if not params.ingest.drop_dir:
+        return SkipReason("ingest.drop_dir is null: no drop folder to watch")
+    known = set(context.instance.get_dynamic_partitions(ingest_batches.name))
+    new = [p.name for p in batch_folders(paths.at(params.ingest.drop_dir)) if p.name not in known]
+    if not new:
+        return SkipReason(f"no new batch folder in {paths.at(params.ingest.drop_dir)}")
+    return SensorResult(
+        run_requests=[RunRequest(partition_key=name, run_key=f"batch-{name}",
+                                 tags={"trigger": "new_ingest_batch"}) for name in new],
+        dynamic_partitions_requests=[ingest_batches.build_add_request(new)],
+    )
 
 
 @sensor(job=champion_reevaluation_job, minimum_interval_seconds=300,
@@ -58,10 +86,10 @@ def new_data_batch_sensor(context: SensorEvaluationContext, pipeline: PipelineCo
 
 
 defs = Definitions(
-    assets=[*pipeline_assets, reevaluation_asset],
-    jobs=[cxr_pipeline, champion_reevaluation_job],
+    assets=[*pipeline_assets, reevaluation_asset, ingest_batch_asset],
+    jobs=[cxr_pipeline, champion_reevaluation_job, ingest_batch_job],
     schedules=[champion_reevaluation],
-    sensors=[new_data_batch_sensor],
+    sensors=[new_ingest_batch_sensor, new_data_batch_sensor],
     resources={"pipeline": PipelineConfig(), "dvc": DvcRecorder()},
     executor=in_process_executor,
 )

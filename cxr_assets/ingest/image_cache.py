@@ -23,9 +23,17 @@ from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
 
 STAGE = "study_images"
 # Bump when the decoding or resizing code changes what a cached PNG contains.
-PREPROCESS_VERSION = "1"
+# 2: integer pre-reduction before Lanczos (REDUCING_GAP); PNG compress level 1 (pixels unchanged).
+PREPROCESS_VERSION = "2"
 RESAMPLE = "lanczos"
 PAD = "center-black"
+# Pillow's resize(reducing_gap=...): box-reduce by an integer factor while the remaining scale
+# stays >= 3x, then Lanczos. Pillow documents 3.0 as indistinguishable from a full Lanczos; on
+# a 1955x1841 radiograph -> 224 it is ~2x faster and moves 2% of 8-bit pixels, almost all by 1.
+REDUCING_GAP = 3.0
+# zlib level 1: ~4x faster than Pillow's default 6 on 224x224 images, ~15% larger files;
+# the decoded pixels are identical.
+PNG_COMPRESS_LEVEL = 1
 
 
 def cache_key(file_sha256: str, size: int, bits: int) -> str:
@@ -46,8 +54,8 @@ def resize_and_pad(image: np.ndarray, size: int) -> np.ndarray:
     new_rows = max(1, min(size, round(rows * scale)))
     new_cols = max(1, min(size, round(cols * scale)))
     # A float32 array gives a mode "F" image: full precision through the resampling filter.
-    resized = Image.fromarray(image.astype(np.float32)).resize(
-        (new_cols, new_rows), resample=Image.Resampling.LANCZOS
+    resized = Image.fromarray(image.astype(np.float32, copy=False)).resize(
+        (new_cols, new_rows), resample=Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP
     )
     canvas = np.zeros((size, size), dtype=np.float32)
     top, left = (size - new_rows) // 2, (size - new_cols) // 2
@@ -68,21 +76,22 @@ def write_png_atomic(image: np.ndarray, path: Path, bits: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
-        pil.save(tmp, format="PNG")
+        pil.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _cache_one(dicom_path: str, out_path: str, size: int, bits: int) -> str | None:
+def _cache_one(image_path: str, out_path: str, size: int, bits: int) -> str | None:
     """Worker (top level so spawn can pickle it): decode, resize, write. Returns an error or None."""
-    from cxr_assets.ingest.dicom import DicomError, decode_pixels
+    from cxr_assets.ingest.dicom import DicomError
+    from cxr_assets.ingest.images import ImageError, decode_image
 
     try:
-        image = decode_pixels(Path(dicom_path))
+        image = decode_image(Path(image_path))
         write_png_atomic(resize_and_pad(image, size), Path(out_path), bits)
-    except DicomError as error:
-        return str(error).removeprefix(f"{dicom_path}: ")
+    except (DicomError, ImageError) as error:
+        return str(error).removeprefix(f"{image_path}: ")
     except Exception as error:  # noqa: BLE001 - one bad image must not stop the run: it is quarantined
         return f"cannot cache image ({type(error).__name__}: {error})"
     return None
@@ -105,7 +114,7 @@ def cache_images(
         raise ValueError(f"cache bits must be 8 or 16, got {bits}")
     if size < 1:
         raise ValueError(f"cache image size must be positive, got {size}")
-    missing = {"image_id", "study_id", "dicom_path", "file_sha256"} - set(images.columns)
+    missing = {"image_id", "study_id", "image_path", "file_sha256"} - set(images.columns)
     if missing:
         raise ValueError(f"images table lacks column(s) {sorted(missing)}")
     cache_dir = Path(cache_dir)
@@ -116,7 +125,7 @@ def cache_images(
 
     # One decode per key, even when several rows share the same file content.
     todo: dict[str, tuple[str, str]] = {}
-    for key, path, cached, dicom in zip(keys, paths, was_cached, images["dicom_path"].to_list()):
+    for key, path, cached, dicom in zip(keys, paths, was_cached, images["image_path"].to_list()):
         if not cached and key not in todo:
             todo[key] = (dicom, str(path))
 
@@ -164,7 +173,7 @@ def cache_images(
     quarantine = pl.DataFrame(
         [
             {
-                "path": row["dicom_path"],
+                "path": row["image_path"],
                 "study_id": row["study_id"],
                 "reason": errors[row["cache_key"]],
                 "stage": STAGE,

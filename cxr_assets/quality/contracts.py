@@ -58,8 +58,10 @@ def flatten_overrides(values: Mapping | Any | None, prefix: str = "") -> dict[st
 
 def _default_values() -> dict[str, Any]:
     from cxr_assets.config import Params
+    from cxr_assets.stages.contracts import contract_overrides
 
-    return flatten_overrides(Params())
+    # Params defaults plus the values derived from them (e.g. ingest.min_images_per_study).
+    return {**flatten_overrides(Params()), **contract_overrides(Params())}
 
 
 def resolve_placeholders(value: Any, values: Mapping[str, Any], where: str) -> Any:

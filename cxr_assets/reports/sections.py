@@ -163,20 +163,16 @@ def training_text(sections: dict[str, str | None]) -> str | None:
     return normalize_text(joined, keep_newlines=False) or None
 
 
-def read_report(path: Path) -> str:
-    """Read a report as text (UTF-8, then cp1252, then latin-1), newlines normalised to \\n."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ReportError(f"{path}: report file not found") from None
-    except OSError as error:
-        raise ReportError(f"{path}: cannot read report ({error.strerror or error})") from None
+def decode_report_bytes(data: bytes, where: str) -> tuple[str, str]:
+    """Report bytes -> (text, encoding): UTF-8, then cp1252, then latin-1; newlines normalised.
+
+    Empty and binary content raise ReportError naming `where`.
+    """
     if not data.strip():
-        raise ReportError(f"{path}: empty report")
+        raise ReportError(f"{where}: empty report")
     control = sum(1 for b in data if b < 32 and b not in (9, 10, 12, 13))
     if b"\x00" in data or control / len(data) > 0.05:
-        raise ReportError(f"{path}: binary content, not a text report")
+        raise ReportError(f"{where}: binary content, not a text report")
     for encoding in ("utf-8-sig", "cp1252"):
         try:
             text = data.decode(encoding)
@@ -184,8 +180,25 @@ def read_report(path: Path) -> str:
         except UnicodeDecodeError:
             continue
     else:
-        text = data.decode("latin-1")  # maps every byte: the last resort never fails
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+        encoding, text = "latin-1", data.decode("latin-1")  # maps every byte: never fails
+    return text.replace("\r\n", "\n").replace("\r", "\n"), encoding.removesuffix("-sig")
+
+
+def read_report_file(path: Path) -> tuple[str, str]:
+    """(text, encoding) of a report file; ReportError names the file and the problem."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ReportError(f"{path}: report file not found") from None
+    except OSError as error:
+        raise ReportError(f"{path}: cannot read report ({error.strerror or error})") from None
+    return decode_report_bytes(data, str(path))
+
+
+def read_report(path: Path) -> str:
+    """Read a report as text (UTF-8, then cp1252, then latin-1), newlines normalised to \\n."""
+    return read_report_file(path)[0]
 
 
 def openi_xml_text(xml: str | bytes, where: str = "<xml>") -> str:
@@ -260,55 +273,31 @@ REPORT_TEXTS_SCHEMA: dict[str, pl.DataType] = {
 
 
 def parse_reports(
-    studies: pl.DataFrame, progress: bool = True
+    reports: pl.DataFrame, progress: bool = True
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """Read and split each study's report.
+    """Split each catalogued report into sections.
 
-    Returns (report_texts, quarantine). n_chars is the length of report_for_training. Reports
-    that cannot be read, or hold no findings/impression text, are quarantined (stage
-    "report_texts") with the reason.
+    `reports` holds study_id, patient_id, report_origin, report_text (and optionally source):
+    the catalog's reports table joined with its studies. Returns (report_texts, quarantine);
+    n_chars is the length of report_for_training. Reports without findings/impression text are
+    quarantined (stage "report_texts") with the reason.
     """
     from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
 
-    missing = {"study_id", "patient_id", "report_path"} - set(studies.columns)
+    missing = {"study_id", "patient_id", "report_origin", "report_text"} - set(reports.columns)
     if missing:
-        raise ValueError(f"studies table lacks column(s) {sorted(missing)}")
-    has_source = "source" in studies.columns
+        raise ValueError(f"reports table lacks column(s) {sorted(missing)}")
+    has_source = "source" in reports.columns
     rows: list[dict] = []
     quarantine: list[dict] = []
-
-    def reject(path: object, study_id: str, reason: str) -> None:
-        quarantine.append(
-            {
-                "path": None if path is None else str(path),
-                "study_id": study_id,
-                "reason": reason,
-                "stage": STAGE,
-            }
-        )
-
-    for study in tqdm(
-        studies.iter_rows(named=True),
-        total=studies.height,
-        desc="report_texts",
-        unit="report",
-        disable=not progress,
-    ):
-        path = study["report_path"]
-        if not path:
-            reject(None, study["study_id"], "study has no report path")
-            continue
-        try:
-            text = read_report(Path(path))
-            if str(path).lower().endswith(".xml"):
-                text = openi_xml_text(text, str(path))
-        except ReportError as error:
-            reject(path, study["study_id"], str(error).removeprefix(f"{path}: "))
-            continue
+    for study in tqdm(reports.iter_rows(named=True), total=reports.height, desc="report_texts",
+                      unit="report", disable=not progress, mininterval=1.0):
+        text = study["report_text"] or ""
         sections = split_sections(text)
         train_text = training_text(sections)
         if train_text is None:
-            reject(path, study["study_id"], "no findings or impression text")
+            quarantine.append({"path": study["report_origin"], "study_id": study["study_id"],
+                               "reason": "no findings or impression text", "stage": STAGE})
             continue
         rows.append(
             {

@@ -68,6 +68,16 @@ REEVALUATION = StageSpec(
     (CheckSpec("no_metric_drift", False, "no watched metric dropped beyond evaluation.drift_tolerance"),),
 )
 
+# Not part of the training chain either: one dynamic partition per batch in ingest.drop_dir,
+# registered by a sensor. raw_studies reads every batch folder, so it depends on all partitions.
+INGEST_BATCH = StageSpec(
+    "ingest_batch", (), "ingest", ("dicom", "polars"),
+    (CheckSpec("batch_accounting_balanced", True,
+               "every input of the batch is catalogued or quarantined"),),
+)
+# Assets outside STAGES that feed a stage (Dagster dependencies only).
+SIDE_INPUTS: dict[str, tuple[str, ...]] = {"raw_studies": (INGEST_BATCH.name,)}
+
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
 
@@ -75,7 +85,7 @@ def stage_module(name: str):
     """The module implementing stage `name` (imported lazily: stages pull in torch & co)."""
     if name == REEVALUATION.name:
         name = "reevaluation"
-    elif name not in STAGE_NAMES:
+    elif name not in (*STAGE_NAMES, INGEST_BATCH.name):
         raise KeyError(f"unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
     return importlib.import_module(f"cxr_assets.stages.{name}")
 

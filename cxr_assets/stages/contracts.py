@@ -21,6 +21,8 @@ def contract_overrides(params: Params) -> dict[str, Any]:
         "quality.impression_only_share_low": low,
         "quality.impression_only_share_high": high,
         "quality.min_studies": q.min_studies,
+        # A study kept only for its report (ingest.require_images false) has no image.
+        "ingest.min_images_per_study": 1 if params.ingest.require_images else 0,
     }
 
 

@@ -1,61 +1,79 @@
 """raw_studies: header-only scan of the input studies into the DuckDB study catalog.
 
-Every input file ends in the catalog or in quarantine with a reason; the accounting check fails
-when inputs != catalogued + quarantined.
+The dataset layout is set by `ingest.layout` or detected. `paths.raw_dir` is batch "base";
+every sub-folder of `ingest.drop_dir` is one more ingest batch. Files unchanged since the last
+catalog are not read again, so a re-run adds nothing. Every input (image or report) ends in the
+catalog or in quarantine with a reason; the accounting check fails when inputs != catalogued +
+quarantined.
 """
 
 from __future__ import annotations
 
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
-from cxr_assets.stages.base import CheckOutcome, StageResult, TablePreview, require
+from cxr_assets.stages.base import CheckOutcome, Markdown, StageResult, TablePreview, require
 from cxr_assets.stages.contracts import contract_check
 
 
 def outputs(paths: ProjectPaths) -> list:
-    return [paths.catalog_db, paths.studies_table, paths.images_table, paths.quarantine_table]
+    return [paths.catalog_db, paths.studies_table, paths.images_table, paths.quarantine_table,
+            paths.catalog_reports_table, paths.batches_table]
+
+
+def drop_dir(params: Params, paths: ProjectPaths):
+    return paths.at(params.ingest.drop_dir) if params.ingest.drop_dir else None
 
 
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
-    from cxr_assets.ingest.catalog import accounting, scan_mimic_layout, write_catalog
+    from cxr_assets.ingest.catalog import accounting, ingest_sources, write_catalog, write_state
 
     if not paths.raw_dir.is_dir():
         if paths.raw_dir == paths.at(params.demo_data.out_dir):
             require("raw_studies", {"demo_data": [paths.raw_dir]})
         raise FileNotFoundError(f"paths.raw_dir does not exist: {paths.raw_dir} (point it at your data)")
 
-    result = scan_mimic_layout(paths.raw_dir, source=params.ingest.source_name, progress=progress)
+    result = ingest_sources(paths.raw_dir, params.ingest, drop_dir=drop_dir(params, paths),
+                            previous_catalog=paths.catalog_dir, progress=progress)
     written = write_catalog(result, paths.catalog_dir)
+    write_state(paths.catalog_dir, params.ingest)
     books = accounting(result)
 
     reasons = (
-        result.quarantine.group_by("reason").len().sort("len", descending=True).head(10).to_dicts()
+        result.quarantine.with_columns(
+            # Group "image file not found" and friends, not one row per study-specific wording.
+            reason=result.quarantine["reason"].str.replace(r" \(first seen at .*\)| to .*$", "")
+        ).group_by("reason").len().sort("len", descending=True).head(12).to_dicts()
         if result.quarantine.height else []
     )
     checks = [
         CheckOutcome(
             "accounting_balanced", bool(books["balanced"]), blocking=True,
-            description="every input file is catalogued or quarantined",
-            metadata={k: v for k, v in books.items()},
+            description="every input is catalogued or quarantined",
+            metadata=dict(books),
         ),
         contract_check(result.studies, "studies", params, blocking=True),
         contract_check(result.images, "images", params, blocking=True),
     ]
     return StageResult(
         "raw_studies",
-        {k: v for k, v in written.items()},
+        dict(written),
         {
             "source": params.ingest.source_name,
             "raw_dir": paths.raw_dir,
+            "layout": Markdown("\n".join(f"- {note}" for note in result.notes)),
             "n_inputs": result.n_inputs,
             "n_studies": result.studies.height,
             "n_images": result.images.height,
             "n_patients": result.studies["patient_id"].n_unique() if result.studies.height else 0,
             "n_quarantined": result.quarantine.height,
+            "n_reused_unchanged_files": result.n_reused,
+            "n_phi_stripped": result.n_phi_stripped,
+            "batches": TablePreview(result.batches.drop("path", "detected").to_dicts()),
             "quarantine_reasons": TablePreview(reasons),
             "view_positions": TablePreview(
                 result.images.group_by("view_position").len().sort("len", descending=True).to_dicts()
             ),
+            "image_formats": TablePreview(result.images.group_by("image_format").len().to_dicts()),
             "catalog": paths.catalog_db,
             "preview": TablePreview(result.studies.head(5).to_dicts()),
         },

@@ -1,7 +1,8 @@
-"""report_texts: read each study's free-text report and split it into sections.
+"""report_texts: split each catalogued study's free-text report into sections.
 
-The original text is kept beside the parsed FINDINGS / IMPRESSION / INDICATION / COMPARISON /
-TECHNIQUE sections; unreadable or empty reports are quarantined with a reason. Each report is
+The original text (as raw_studies decoded it, PHI policy applied) is kept beside the parsed
+FINDINGS / IMPRESSION / INDICATION / COMPARISON / TECHNIQUE sections; reports with neither
+findings nor impression are quarantined with a reason. Each report is
 also labelled for the 14 CheXpert observations by the project's rule-based labeler
 (1 positive, 0 negative, -1 uncertain, null not mentioned) into report_labels.parquet.
 """
@@ -19,9 +20,12 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     from cxr_assets.reports.labeler import CHEXPERT_OBSERVATIONS, label_reports
     from cxr_assets.reports.sections import parse_reports
 
-    require("report_texts", {"raw_studies": [paths.studies_table]})
-    studies = pl.read_parquet(paths.studies_table)
-    reports, quarantine = parse_reports(studies, progress=progress)
+    require("report_texts", {"raw_studies": [paths.studies_table, paths.catalog_reports_table]})
+    catalogued = pl.read_parquet(paths.catalog_reports_table).join(
+        pl.read_parquet(paths.studies_table).select("study_id", "patient_id", "source"),
+        on="study_id", how="inner",
+    )
+    reports, quarantine = parse_reports(catalogued, progress=progress)
     write_parquet(reports, paths.report_texts_table)
     quarantine_path = paths.catalog_dir / "report_texts_quarantine.parquet"
     write_parquet(quarantine, quarantine_path)

@@ -44,7 +44,7 @@ def test_scan_catalogues_good_studies(mimic_tree):
     assert result.studies["patient_id"].to_list() == ["p10000001", "p10000002"]
     assert result.studies["n_images"].to_list() == [2, 1]
     assert set(result.studies["source"]) == {"unit"}
-    images = {Path(r["dicom_path"]).name: r for r in result.images.iter_rows(named=True)}
+    images = {Path(r["image_path"]).name: r for r in result.images.iter_rows(named=True)}
     assert set(images) == {"a8.dcm", "b12.dcm", "c16.dcm"}
     assert (images["b12.dcm"]["photometric"], images["b12.dcm"]["bits_stored"]) == (
         "MONOCHROME1",
@@ -77,8 +77,8 @@ def test_quarantine_reasons_and_accounting(mimic_tree):
     assert books == {"inputs": 11, "catalogued": 5, "quarantined": 6, "balanced": True}
     # Every input file is in exactly one place.
     placed = (
-        result.images["dicom_path"].to_list()
-        + result.studies["report_path"].to_list()
+        result.images["image_path"].to_list()
+        + result.studies["report_origin"].to_list()
         + result.quarantine["path"].to_list()
     )
     assert len(placed) == len(set(placed))
@@ -100,7 +100,7 @@ def test_duplicate_uid_and_multiframe_are_quarantined(tmp_path):
     (study.parent / "s59000000.txt").write_text("IMPRESSION: normal")
     result = scan_mimic_layout(tmp_path / "raw", progress=False)
     reasons = _reasons(result)
-    assert result.images["dicom_path"].to_list() == [str(study / "a.dcm")]
+    assert result.images["image_path"].to_list() == [str(study / "a.dcm")]
     assert "duplicate SOPInstanceUID 1.2.826.0.1.9" in reasons["b.dcm"]
     assert "multi-frame" in reasons["c.dcm"]
     assert "PALETTE COLOR" in reasons["d.dcm"]
@@ -124,7 +124,9 @@ def test_write_catalog_is_idempotent(mimic_tree, tmp_path):
     assert {k: p.name for k, p in paths.items()} == {
         "studies": "studies.parquet",
         "images": "images.parquet",
+        "reports": "reports.parquet",
         "quarantine": "quarantine.parquet",
+        "ingest_batches": "ingest_batches.parquet",
         "duckdb": "catalog.duckdb",
     }
     assert pl.read_parquet(paths["images"]).equals(result.images)

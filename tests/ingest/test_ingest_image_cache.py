@@ -31,7 +31,7 @@ def test_cache_writes_padded_pngs_and_second_run_decodes_nothing(mimic_tree, tmp
             assert png.size == (20, 20) and png.mode == "L"
 
     # 32 x 24 MONOCHROME1 ramp -> 20 x 15 centred: black pad columns left and right, inverted ramp.
-    mono1 = first.filter(pl.col("dicom_path").str.ends_with("b12.dcm")).row(0, named=True)
+    mono1 = first.filter(pl.col("image_path").str.ends_with("b12.dcm")).row(0, named=True)
     pixels = np.asarray(Image.open(mono1["cache_path"]))
     assert (pixels[:, :2] == 0).all() and (pixels[:, -3:] == 0).all()
     assert pixels[10, 3] > 200 and pixels[10, 16] < 55  # MONOCHROME1: stored 0 is white
@@ -73,7 +73,7 @@ def test_undecodable_image_is_quarantined(tmp_path):
     images = _images(tmp_path / "raw")
     assert images.height == 2  # the header is fine, only the pixels are broken
     out, quarantine = cache_images(images, tmp_path / "c", size=8, workers=1, progress=False)
-    assert out["dicom_path"].to_list() == [str(study / "good.dcm")]
+    assert out["image_path"].to_list() == [str(study / "good.dcm")]
     assert quarantine["path"].to_list() == [str(study / "short.dcm")]
     assert quarantine["stage"].to_list() == ["study_images"]
     assert quarantine["study_id"].to_list() == ["s50000001"]

@@ -8,7 +8,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from cxr_assets.ingest.catalog import IMAGES_SCHEMA, QUARANTINE_SCHEMA, STUDIES_SCHEMA
+from cxr_assets.ingest.catalog import (
+    BATCHES_SCHEMA,
+    IMAGES_SCHEMA,
+    QUARANTINE_SCHEMA,
+    REPORTS_SCHEMA,
+    STUDIES_SCHEMA,
+)
 from cxr_assets.quality.contracts import (
     ContractError,
     flatten_overrides,
@@ -32,8 +38,9 @@ def good_studies() -> pl.DataFrame:
         {
             "study_id": [f"s{50000000 + i}" for i in range(N)],
             "patient_id": [f"p{10000000 + i // 2}" for i in range(N)],
-            "report_path": [f"/data/s{i}.txt" for i in range(N)],
             "source": ["demo"] * N,
+            "batch_id": ["base"] * N,
+            "report_origin": [f"/data/s{i}.txt" for i in range(N)],
             "n_images": [1 + i % 2 for i in range(N)],
         },
         schema=STUDIES_SCHEMA,
@@ -46,8 +53,11 @@ def good_images() -> pl.DataFrame:
             "image_id": [f"1.2.3.{i}" for i in range(N)],
             "study_id": [f"s{50000000 + i}" for i in range(N)],
             "patient_id": [f"p{10000000 + i}" for i in range(N)],
-            "dicom_path": [f"/data/{i}.dcm" for i in range(N)],
+            "image_path": [f"/data/{i}.dcm" for i in range(N)],
+            "image_format": ["dicom"] * N,
             "file_sha256": [f"{i:064x}" for i in range(N)],
+            "file_size": [1000 + i for i in range(N)],
+            "file_mtime_ns": [10**18 + i for i in range(N)],
             "modality": ["CR"] * N,
             "view_position": ["PA", "LATERAL", "AP", None] * (N // 4),
             "photometric": ["MONOCHROME1", "MONOCHROME2"] * (N // 2),
@@ -55,6 +65,7 @@ def good_images() -> pl.DataFrame:
             "rows": [256] * N,
             "columns": [200] * N,
             "pixel_spacing": ["0.139\\0.139"] * N,
+            "batch_id": ["base"] * N,
         },
         schema=IMAGES_SCHEMA,
     )
@@ -105,7 +116,7 @@ def test_studies_suite():
 
 def test_images_suite():
     result = run_contract(good_images().to_pandas(), "images", CONTRACTS)
-    assert result.success and result.n_expectations == 11 and result.failed == []
+    assert result.success and result.n_expectations == 12 and result.failed == []
     broken = good_images().with_columns(
         pl.lit("RGB").alias("photometric"),
         pl.lit(24, dtype=pl.Int64).alias("bits_stored"),
@@ -227,6 +238,8 @@ def test_flatten_overrides():
         ("studies", STUDIES_SCHEMA),
         ("images", IMAGES_SCHEMA),
         ("quarantine", QUARANTINE_SCHEMA),
+        ("reports", REPORTS_SCHEMA),
+        ("ingest_batches", BATCHES_SCHEMA),
         ("report_texts", REPORT_TEXTS_SCHEMA),
         ("report_profile", PROFILE_SCHEMA),
         (

@@ -49,8 +49,9 @@ def test_chexpert_plus_columns():
 @pytest.mark.skipif(not XML_DIR.is_dir(), reason="shared OpenI XML sample not available")
 def test_real_openi_xml_through_parse_reports():
     files = sorted(XML_DIR.glob("*.xml"))[:30]
+    texts = [openi_xml_text(f.read_bytes(), str(f)) for f in files]
     studies = pl.DataFrame({"study_id": [f.stem for f in files], "patient_id": [f.stem for f in files],
-                            "report_path": [str(f) for f in files]})
+                            "report_origin": [str(f) for f in files], "report_text": texts})
     reports, quarantine = parse_reports(studies, progress=False)
     assert reports.height + quarantine.height == 30 and reports.height >= 25
     assert reports["impression"].is_not_null().mean() > 0.9

@@ -159,27 +159,15 @@ def test_read_report_encodings_and_errors(tmp_path):
         read_report(tmp_path / "absent.txt")
 
 
-def test_parse_reports_table_and_quarantine(tmp_path):
-    good = tmp_path / "s1.txt"
-    good.write_text("INDICATION: cough\nFINDINGS: Lungs  are\nclear.\nIMPRESSION: Normal.")
-    only = tmp_path / "s2.txt"
-    only.write_text("No acute disease.")
-    empty = tmp_path / "s3.txt"
-    empty.write_text("")
-    no_body = tmp_path / "s4.txt"
-    no_body.write_text("INDICATION: cough\nCOMPARISON: none")
+def test_parse_reports_table_and_quarantine():
+    good = "INDICATION: cough\nFINDINGS: Lungs  are\nclear.\nIMPRESSION: Normal."
     studies = pl.DataFrame(
         {
-            "study_id": ["s1", "s2", "s3", "s4", "s5"],
-            "patient_id": ["p1", "p1", "p2", "p3", "p4"],
-            "report_path": [
-                str(good),
-                str(only),
-                str(empty),
-                str(no_body),
-                str(tmp_path / "missing.txt"),
-            ],
-            "source": ["demo"] * 5,
+            "study_id": ["s1", "s2", "s3"],
+            "patient_id": ["p1", "p1", "p3"],
+            "report_origin": ["s1.txt", "s2.txt", "s4.txt"],
+            "report_text": [good, "No acute disease.", "INDICATION: cough\nCOMPARISON: none"],
+            "source": ["demo"] * 3,
         }
     )
     reports, quarantine = parse_reports(studies, progress=False)
@@ -197,18 +185,15 @@ def test_parse_reports_table_and_quarantine(tmp_path):
         "n_chars",
     ]
     first = reports.row(0, named=True)
-    assert first["report_text"] == good.read_text()
+    assert first["report_text"] == good
     assert first["report_for_training"] == "Lungs are clear. Normal."
     assert first["n_chars"] == len("Lungs are clear. Normal.")
     assert first["indication"] == "cough"
     assert reports.row(1, named=True)["impression"] == "No acute disease."
     assert reports.row(1, named=True)["findings"] is None
     reasons = dict(zip(quarantine["study_id"], quarantine["reason"]))
-    assert reasons == {
-        "s3": "empty report",
-        "s4": "no findings or impression text",
-        "s5": "report file not found",
-    }
+    assert reasons == {"s3": "no findings or impression text"}
+    assert quarantine["path"].to_list() == ["s4.txt"]
     assert set(quarantine["stage"]) == {"report_texts"}
 
 

@@ -25,11 +25,14 @@ def _project(tmp_path, n: int = 240, **overrides):
                                           findings=row["findings"], impression=row["impression"])
                         or "\n")
         rows.append({"study_id": f"CXR{row['uid']}", "patient_id": f"CXR{row['uid']}",
-                     "report_path": str(path), "source": "iu_xray", "n_images": 1})
+                     "report_origin": str(path), "source": "iu_xray", "n_images": 1,
+                     "report_text": path.read_text()})
     params = parse_params({"paths": {"catalog_dir": "catalog", "reports_dir": "out"}, **overrides})
     paths = ProjectPaths.from_params(params, root=tmp_path)
     paths.catalog_dir.mkdir(parents=True)
-    pl.DataFrame(rows).write_parquet(paths.studies_table)
+    table = pl.DataFrame(rows)
+    table.drop("report_text").write_parquet(paths.studies_table)
+    table.select("study_id", "report_origin", "report_text").write_parquet(paths.catalog_reports_table)
     return params, paths
 
 

@@ -1,0 +1,298 @@
+"""Ingest benchmark: DICOM decode -> PNG cache throughput, and the header-only catalog scan.
+
+The four real DICOMs in ../shared/data/dicom (RG1 1955x1841 15-bit MONOCHROME1, once uncompressed
+and once JPEG 2000 lossless; two SIIM 1024x1024 8-bit JPEG baseline, one MONOCHROME1) are
+replicated round-robin to N files (default 2,000; CXR_BENCH_INGEST_N to change) in a temporary
+folder. Every copy gets new SOP/Study Instance UIDs (pixel data kept byte for byte), so every
+file hashes differently and no content-keyed cache can dedupe. Creating them is not timed.
+
+Candidates, side by side in one process, on the same files (page cache warm for all of them):
+  1. naive: one process, pydicom.dcmread + ds.pixel_array + PIL Lanczos resize to 224x224
+     (the baseline);
+  2. full: cxr_assets.ingest.image_cache.cache_images(workers=2) into an empty cache
+     (decode + Modality/VOI LUT + resize + pad + PNG write), spawn pool start-up included;
+  3. cached: the same call again: every key is cached, nothing may be decoded;
+  4. header scan: read_header + file_sha256 for every file, one process (what the catalog does).
+Targets: full >= 2x naive on 2 cores; header scan >= 10x full.
+
+If the naive + full runs on all N files are estimated (from a per-source calibration) to take
+longer than CXR_BENCH_INGEST_BUDGET_S (default 600 s), they run on the first
+CXR_BENCH_INGEST_SUBSET files (default 300, same round-robin mix) and the output says so;
+CXR_BENCH_INGEST_DECODE_N forces that subset size. The header scan always covers all N files.
+A per-source profile of the full path's stages (serial, in this process) shows where time goes.
+Writes benchmarks/results/ingest.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DICOM_DIR = HERE.parent.parent / "shared" / "data" / "dicom"
+SOURCES = {  # label -> path; round-robin order of the replicated corpus
+    "rg1_uncompressed": DICOM_DIR / "pydicom_data_wg04" / "RG1_UNCR.dcm",
+    "rg1_j2k_lossless": DICOM_DIR / "pydicom_data_wg04" / "RG1_J2KR.dcm",
+    "siim_jpeg": DICOM_DIR / "siim_acr" / "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm",
+    "siim_jpeg_mono1": DICOM_DIR / "siim_acr" / "Fake_MONOHR1.dcm",
+}
+SIZE = 224
+BITS = 8
+WORKERS = 2
+TARGET_FULL_VS_NAIVE = 2.0
+TARGET_SCAN_VS_FULL = 10.0
+RESULTS = HERE / "results" / "ingest.json"
+
+
+def make_corpus(n: int, folder: Path) -> list[tuple[str, Path]]:
+    """Write n copies (round-robin over SOURCES) with fresh UIDs; return (source label, path)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    datasets = {label: pydicom.dcmread(path) for label, path in SOURCES.items()}
+    labels = list(SOURCES)
+    corpus = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        ds = datasets[label]
+        sop = generate_uid(entropy_srcs=["cxr-bench-ingest", "sop", str(i)])
+        ds.SOPInstanceUID = sop
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["cxr-bench-ingest", "study", str(i)])
+        path = folder / f"d{i // 100:03d}" / f"{i:05d}_{label}.dcm"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path)
+        corpus.append((label, path))
+    return corpus
+
+
+def naive_one(path: Path):
+    import pydicom
+    from PIL import Image
+
+    ds = pydicom.dcmread(path)
+    return Image.fromarray(ds.pixel_array).resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+
+
+def run_naive(corpus: list[tuple[str, Path]]) -> dict:
+    per_source: dict[str, list[float]] = {}
+    start = time.perf_counter()
+    for label, path in corpus:
+        t0 = time.perf_counter()
+        naive_one(path)
+        per_source.setdefault(label, []).append(time.perf_counter() - t0)
+    seconds = time.perf_counter() - start
+    return {
+        "n": len(corpus),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(corpus) / seconds, 2),
+        "ms_per_image_by_source": {k: round(1000 * statistics.mean(v), 1) for k, v in per_source.items()},
+    }
+
+
+def images_frame(corpus: list[tuple[str, Path]], shas: dict[Path, str], uids: dict[Path, str]):
+    """The catalog's images table for these files. Both path column names are given (the column
+    is being renamed dicom_path -> image_path) so cache_images finds whichever it requires."""
+    import polars as pl
+
+    paths = [path for _, path in corpus]
+    return pl.DataFrame({
+        "image_id": [uids[p] for p in paths],
+        "study_id": [f"s{i:08d}" for i in range(len(paths))],
+        "patient_id": [f"p{i:08d}" for i in range(len(paths))],
+        "dicom_path": [str(p) for p in paths],
+        "image_path": [str(p) for p in paths],
+        "file_sha256": [shas[p] for p in paths],
+    })
+
+
+def run_cache(images, cache_dir: Path, expect_cached: bool) -> dict:
+    from cxr_assets.ingest.image_cache import cache_images
+
+    start = time.perf_counter()
+    table, quarantine = cache_images(images, cache_dir, size=SIZE, bits=BITS, workers=WORKERS,
+                                     progress=False)
+    seconds = time.perf_counter() - start
+    if quarantine.height:
+        raise RuntimeError(f"{quarantine.height} images quarantined: {quarantine.head(3)}")
+    cached = int(table["was_cached"].sum())
+    if expect_cached and cached != images.height:
+        raise RuntimeError(f"second run decoded {images.height - cached} images again")
+    if not expect_cached and cached:
+        raise RuntimeError(f"{cached} images already cached in a fresh cache dir")
+    pngs = sum(1 for _ in cache_dir.rglob("*.png"))
+    if pngs != images.height:
+        raise RuntimeError(f"{pngs} PNGs in the cache for {images.height} images")
+    return {
+        "n": images.height,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images.height / seconds, 2),
+        "was_cached": cached,
+    }
+
+
+def run_header_scan(corpus: list[tuple[str, Path]]) -> tuple[dict, dict, dict]:
+    from cxr_assets.hashing import file_sha256
+    from cxr_assets.ingest.dicom import read_header
+
+    shas, uids = {}, {}
+    start = time.perf_counter()
+    header_s = 0.0
+    for _, path in corpus:
+        t0 = time.perf_counter()
+        header = read_header(path)
+        header_s += time.perf_counter() - t0
+        shas[path] = file_sha256(path)
+        uids[path] = header.sop_instance_uid
+    seconds = time.perf_counter() - start
+    if len(set(shas.values())) != len(corpus):
+        raise RuntimeError("replicated files are not all distinct")
+    mib = sum(path.stat().st_size for _, path in corpus) / 2**20
+    return {
+        "n": len(corpus),
+        "seconds": round(seconds, 2),
+        "images_per_s": round(len(corpus) / seconds, 1),
+        "share_of_time_in_read_header": round(header_s / seconds, 3),
+        "mib_hashed": round(mib, 1),
+    }, shas, uids
+
+
+def profile_stages(reps: int = 3) -> dict:
+    """Median ms per stage of the full path, serial in this process, per source file."""
+    import pydicom
+    from PIL import Image
+
+    from cxr_assets.ingest.dicom import decode_pixels
+    from cxr_assets.ingest.image_cache import resize_and_pad, write_png_atomic
+
+    def median_ms(fn) -> tuple[float, object]:
+        out = fn()
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+        return round(1000 * statistics.median(times), 1), out
+
+    table = {}
+    with tempfile.TemporaryDirectory(prefix="cxr_bench_png_") as tmp:
+        png = Path(tmp) / "x.png"
+        for label, path in SOURCES.items():
+            read_ms, raw = median_ms(lambda: pydicom.dcmread(path).pixel_array)
+            naive_resize_ms, _ = median_ms(
+                lambda: Image.fromarray(raw).resize((SIZE, SIZE), Image.Resampling.LANCZOS))
+            decode_ms, image = median_ms(lambda: decode_pixels(path))
+            resize_ms, small = median_ms(lambda: resize_and_pad(image, SIZE))
+            png_ms, _ = median_ms(lambda: write_png_atomic(small, png, BITS))
+            table[label] = {
+                "dcmread_pixel_array": read_ms,
+                "naive_resize": naive_resize_ms,
+                "decode_pixels": decode_ms,
+                "lut_etc_in_decode_pixels": round(decode_ms - read_ms, 1),
+                "resize_and_pad": resize_ms,
+                "write_png": png_ms,
+                "full_path_serial": round(decode_ms + resize_ms + png_ms, 1),
+                "naive_serial": round(read_ms + naive_resize_ms, 1),
+            }
+    return table
+
+
+def main() -> None:
+    os.environ.setdefault("POLARS_MAX_THREADS", "2")
+    missing = [str(p) for p in SOURCES.values() if not p.is_file()]
+    if missing:
+        print(f"skipped: source DICOM(s) not found: {', '.join(missing)}")
+        return
+    n = int(os.environ.get("CXR_BENCH_INGEST_N", "2000"))
+    budget_s = float(os.environ.get("CXR_BENCH_INGEST_BUDGET_S", "600"))
+    subset = int(os.environ.get("CXR_BENCH_INGEST_SUBSET", "300"))
+    forced = os.environ.get("CXR_BENCH_INGEST_DECODE_N")
+
+    profile = profile_stages()
+    print(f"per-image stages, median ms, serial in one process ({SIZE}px, {BITS}-bit PNG):")
+    cols = ["dcmread_pixel_array", "naive_resize", "lut_etc_in_decode_pixels", "resize_and_pad",
+            "write_png", "naive_serial", "full_path_serial"]
+    heads = ["read+px", "naive_rsz", "LUT etc", "rsz+pad", "png", "naive", "full"]
+    print(f"{'source':<18}" + "".join(f"{h:>10}" for h in heads))
+    for label, row in profile.items():
+        print(f"{label:<18}" + "".join(f"{row[c]:>10.1f}" for c in cols))
+    cycle_naive = sum(r["naive_serial"] for r in profile.values()) / 1000 / len(profile)
+    cycle_full = sum(r["full_path_serial"] for r in profile.values()) / 1000 / len(profile)
+    # naive serial + full on WORKERS cores (+10% pool overhead), seconds for all n files
+    estimate = n * (cycle_naive + 1.1 * cycle_full / WORKERS)
+    if forced:
+        decode_n = min(n, int(forced))
+        why = f"CXR_BENCH_INGEST_DECODE_N={forced}"
+    elif estimate > budget_s:
+        decode_n = min(n, subset)
+        why = (f"naive + full on all {n:,} files estimated at {estimate:.0f} s > budget "
+               f"{budget_s:.0f} s (CXR_BENCH_INGEST_BUDGET_S)")
+    else:
+        decode_n = n
+        why = f"naive + full on all files estimated at {estimate:.0f} s <= budget {budget_s:.0f} s"
+
+    result: dict = {
+        "n_files": n,
+        "n_files_decoded": decode_n,
+        "decode_subset_reason": why,
+        "size": SIZE,
+        "bits": BITS,
+        "workers": WORKERS,
+        "cpu_count": os.cpu_count(),
+        "targets": {"full_vs_naive": TARGET_FULL_VS_NAIVE, "header_scan_vs_full": TARGET_SCAN_VS_FULL},
+        "stage_profile_ms": profile,
+    }
+    with tempfile.TemporaryDirectory(prefix="cxr_bench_ingest_") as tmp:
+        tmp = Path(tmp)
+        start = time.perf_counter()
+        corpus = make_corpus(n, tmp / "dicom")
+        print(f"\nwrote {n:,} distinct DICOM copies in {time.perf_counter() - start:.1f} s (not timed)")
+        if decode_n < n:
+            print(f"NOTE: naive and full path run on a SUBSET of {decode_n:,} files (same mix): {why}")
+        else:
+            print(f"naive and full path run on all {n:,} files ({why})")
+        decoded = corpus[:decode_n]
+
+        scan, shas, uids = run_header_scan(corpus)
+        naive = run_naive(decoded)
+        images = images_frame(decoded, shas, uids)
+        full = run_cache(images, tmp / "cache", expect_cached=False)
+        cached = run_cache(images, tmp / "cache", expect_cached=True)
+
+    ratios = {
+        "full_vs_naive": round(full["images_per_s"] / naive["images_per_s"], 2),
+        "header_scan_vs_full": round(scan["images_per_s"] / full["images_per_s"], 2),
+        "cached_vs_full": round(cached["images_per_s"] / full["images_per_s"], 1),
+    }
+    result |= {"naive": naive, "full": full, "cached": cached, "header_scan": scan, "ratios": ratios}
+
+    print(f"\n{'candidate':<44}{'files':>7}{'seconds':>10}{'images/s':>11}")
+    rows = [
+        ("1. naive (1 proc: dcmread+pixel_array+resize)", naive),
+        (f"2. full path cache_images, workers={WORKERS}, empty", full),
+        ("3. full path again, all cached", cached),
+        ("4. header scan (read_header + sha256)", scan),
+    ]
+    for name, r in rows:
+        print(f"{name:<44}{r['n']:>7}{r['seconds']:>10.2f}{r['images_per_s']:>11.1f}")
+    print(f"naive ms/image by source: {naive['ms_per_image_by_source']}")
+    print(f"header scan: {scan['mib_hashed']:,.0f} MiB hashed, "
+          f"{scan['share_of_time_in_read_header']:.0%} of its time in read_header")
+    ok = lambda got, want: "OK" if got >= want else "MISSED"  # noqa: E731
+    print(f"full path / naive  = {ratios['full_vs_naive']:.2f}x (target >= {TARGET_FULL_VS_NAIVE:.0f}x: "
+          f"{ok(ratios['full_vs_naive'], TARGET_FULL_VS_NAIVE)})")
+    print(f"header scan / full = {ratios['header_scan_vs_full']:.2f}x (target >= {TARGET_SCAN_VS_FULL:.0f}x: "
+          f"{ok(ratios['header_scan_vs_full'], TARGET_SCAN_VS_FULL)})")
+    print(f"cached / full      = {ratios['cached_vs_full']:.1f}x (decoded nothing: "
+          f"{cached['was_cached']}/{cached['n']} were cached)")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""Generic CSV manifest: one row per image, an image path column and a report text column.
+
+The column names come from `ingest.columns` (image_path, report_text, optional study_id,
+patient_id, view). Without a study id column every row is its own study ("row<n>"); with one,
+the rows of a study share its images and its report (the first non-blank text). The CSV is
+`ingest.metadata_csv` (default raw_dir/manifest.csv); image paths are relative to
+`ingest.images_root` (default raw_dir).
+
+The small CSV helpers below are shared by the other CSV-based layouts (iu_xray, chexpert,
+padchest): one way to resolve path options, read a CSV as strings and name a row.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+from pathlib import Path
+
+import polars as pl
+
+from cxr_assets.ingest.listing import ImageRef, LayoutListing, ReportRef, Stray, StudyFiles
+
+DEFAULT_NAME = "manifest.csv"
+ROW = "__row"  # 0-based data row number added to every table read here
+
+
+# --- helpers shared by the CSV layouts -----------------------------------------------------------
+
+def option_path(raw_dir: Path, value: str | None, default: Path) -> Path:
+    """A path option: absolute, or relative to raw_dir; `default` when unset."""
+    if not value:
+        return default
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else raw_dir / path
+
+
+def csv_header(path: Path) -> list[str]:
+    """Column names of a CSV (or .csv.gz) without reading the rest; [] when unreadable."""
+    try:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as handle:
+            return next(csv.reader(handle), [])
+    except (OSError, EOFError, csv.Error):
+        return []
+
+
+def read_csv(path: Path, what: str, columns: list[str] | None = None) -> pl.DataFrame:
+    """Every cell as a string (no type guessing: ids keep their leading zeros), plus ROW.
+
+    Polars reads .csv.gz directly. Blank cells are null.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} not found")
+    frame = pl.read_csv(path, infer_schema=False, columns=columns, encoding="utf8-lossy")
+    return frame.with_row_index(ROW)
+
+
+def require_columns(path: Path, have: list[str], needed: dict[str, str]) -> None:
+    """Raise a ValueError naming the CSV, the missing columns, the ones it has and the param.
+
+    `needed` maps column name -> the params key that names it (or a description).
+    """
+    missing = [name for name in needed if name not in have]
+    if missing:
+        keys = ", ".join(f"{name!r} ({needed[name]})" for name in missing)
+        raise ValueError(
+            f"{path}: missing column(s) {keys}; the CSV has {', '.join(map(repr, have)) or 'no header'}"
+        )
+
+
+def origin(path: Path, row: int) -> str:
+    return f"{path}#row={row}"
+
+
+def blank(value: str | None) -> bool:
+    return value is None or not value.strip()
+
+
+def conflict_note(studies: list[str], what: str) -> list[str]:
+    if not studies:
+        return []
+    sample = ", ".join(studies[:3])
+    return [f"{len(studies)} studies have rows with differing {what}; the first was used (e.g. {sample})"]
+
+
+# --- the generic manifest layout -----------------------------------------------------------------
+
+def detect(raw_dir: Path) -> str | None:
+    from cxr_assets.config import ManifestColumns
+
+    path = raw_dir / DEFAULT_NAME
+    columns = ManifestColumns()
+    header = csv_header(path) if path.is_file() else []
+    if columns.image_path in header and columns.report_text in header:
+        return f"{path} has the {columns.image_path!r} and {columns.report_text!r} columns"
+    return None
+
+
+def list_studies(raw_dir: Path, options) -> LayoutListing:
+    raw_dir = Path(raw_dir)
+    cols = options.columns
+    path = option_path(raw_dir, options.metadata_csv, raw_dir / DEFAULT_NAME)
+    frame = read_csv(path, "manifest CSV (ingest.metadata_csv)")
+    needed = {cols.image_path: "ingest.columns.image_path", cols.report_text: "ingest.columns.report_text"}
+    for key in ("study_id", "patient_id", "view"):
+        if getattr(cols, key):
+            needed[getattr(cols, key)] = f"ingest.columns.{key}"
+    require_columns(path, [c for c in frame.columns if c != ROW], needed)
+    root = option_path(raw_dir, options.images_root, raw_dir)
+
+    # One pass: each row is an image of its study, or a stray when it cannot be placed.
+    pick = lambda name: pl.col(name) if name else pl.lit(None, pl.String)  # noqa: E731
+    rows = frame.select(ROW, pick(cols.study_id).alias("s"), pick(cols.patient_id).alias("p"),
+                        pl.col(cols.image_path).alias("i"), pick(cols.view).alias("v"),
+                        pl.col(cols.report_text).alias("r"))
+    studies: dict[str, StudyFiles] = {}
+    reports: dict[str, list[tuple[int, str | None]]] = {}
+    stray: list[Stray] = []
+    for row, sid, pid, image, view, text in rows.iter_rows():
+        sid = (sid or "").strip() if cols.study_id else f"row{row}"
+        if not sid:
+            stray.append(Stray(origin(path, row), None, f"empty study id cell (column {cols.study_id!r})"))
+            continue
+        if blank(image):
+            stray.append(Stray(origin(path, row), sid, f"empty image path cell (column {cols.image_path!r})"))
+            continue
+        study = studies.get(sid)
+        if study is None:  # the first row of a study names its patient
+            study = studies[sid] = StudyFiles(sid, (pid or "").strip() or sid, None)
+        study.images.append(ImageRef(root / image.strip(), image_id=image.strip(), view_hint=view))
+        reports.setdefault(sid, []).append((row, text))
+
+    # A study's report is its first non-blank text; an all-blank study keeps its first row so
+    # the catalog quarantines it as an empty report at that row.
+    conflicts = []
+    for sid, texts in reports.items():
+        filled = [(row, text) for row, text in texts if not blank(text)]
+        row, text = filled[0] if filled else (texts[0][0], "")
+        studies[sid].report = ReportRef(origin(path, row), text=text)
+        if len({" ".join(t.split()) for _, t in filled}) > 1:
+            conflicts.append(sid)
+    notes = [f"manifest {path}: {frame.height} rows, image paths relative to {root}"]
+    return LayoutListing("csv_manifest", list(studies.values()), stray,
+                         notes + conflict_note(conflicts, "report texts"))

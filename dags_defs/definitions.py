@@ -35,7 +35,6 @@ champion_reevaluation_job = define_asset_job(
 ingest_batch_job = define_asset_job(
     "ingest_batch_job",
     selection=AssetSelection.assets(ingest_batch_asset, "raw_studies", "study_images", "report_texts"),
-    partitions_def=ingest_batches,
     description="Check one new drop-folder batch, then re-catalogue: new studies reach the catalog, "
     "image cache and report texts; re-run cxr_pipeline (or let the data sensor re-evaluate) next.",
 )

@@ -68,6 +68,11 @@ def require_columns(path: Path, have: list[str], needed: dict[str, str]) -> None
         )
 
 
+def column_or_null(name: str | None) -> pl.Expr:
+    """An optional column: the column when named, else nulls."""
+    return pl.col(name) if name else pl.lit(None, pl.String)
+
+
 def origin(path: Path, row: int) -> str:
     return f"{path}#row={row}"
 
@@ -109,9 +114,8 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
     root = option_path(raw_dir, options.images_root, raw_dir)
 
     # One pass: each row is an image of its study, or a stray when it cannot be placed.
-    pick = lambda name: pl.col(name) if name else pl.lit(None, pl.String)  # noqa: E731
-    rows = frame.select(ROW, pick(cols.study_id).alias("s"), pick(cols.patient_id).alias("p"),
-                        pl.col(cols.image_path).alias("i"), pick(cols.view).alias("v"),
+    rows = frame.select(ROW, column_or_null(cols.study_id).alias("s"), column_or_null(cols.patient_id).alias("p"),
+                        pl.col(cols.image_path).alias("i"), column_or_null(cols.view).alias("v"),
                         pl.col(cols.report_text).alias("r"))
     studies: dict[str, StudyFiles] = {}
     reports: dict[str, list[tuple[int, str | None]]] = {}

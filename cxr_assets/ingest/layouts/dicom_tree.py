@@ -72,8 +72,10 @@ def _sr_lines(items, under_header: bool = False) -> list[str]:
         name, kind = _meaning(item), item.get("ValueType")
         if kind == "TEXT" and (value := _text(item.get("TextValue"))):
             lines.append(f"{name}: {value}" if name and not under_header else value)
-        elif kind == "CONTAINER" and (body := " ".join(_sr_lines(item.get("ContentSequence"), bool(name)))):
-            lines.append(f"{name}: {body}" if name else body)
+        elif kind == "CONTAINER":
+            body = " ".join(_sr_lines(item.get("ContentSequence"), under_header=bool(name)))
+            if body:
+                lines.append(f"{name}: {body}" if name else body)
     return lines
 
 
@@ -107,13 +109,32 @@ def _csv_reports(csv_path: Path) -> tuple[dict[str, tuple[str, str]], int]:
     if not keys or text is None:
         raise ValueError(
             f"{csv_path}: a reports CSV needs a key column ({' or '.join(KEY_COLUMNS)}) and a "
-            f"text column ({', '.join(TEXT_COLUMNS)}); found columns: {', '.join(table.columns)}")
+            f"text column ({', '.join(TEXT_COLUMNS)}); found columns: {', '.join(table.columns)}"
+        )
     found: dict[str, tuple[str, str]] = {}
     for n, row in enumerate(table.select(*keys, text).iter_rows(named=True), start=1):
         for key in keys:
             if _text(row[key]) and _text(row[text]):
                 found.setdefault(_text(row[key]), (f"{csv_path}#row={n}", row[text]))
     return found, table.height
+
+
+def _scan(path: Path) -> tuple:
+    """One header read: ("sr", uid, text, why) or ("image", header, accession, text tag)."""
+    ds = _dcmread(path, stop_before_pixels=True)
+    try:
+        meta = getattr(ds, "file_meta", None) or {}
+        if _text(meta.get("MediaStorageSOPClassUID")) == DICOMDIR_CLASS:
+            raise DicomError(f"{path}: {DICOMDIR_REASON}")
+        uid = _text(ds.get("StudyInstanceUID"))
+        if uid and _text(ds.get("Modality")).upper() == "SR":
+            return ("sr", uid, *_sr_report(ds))
+        header = _header_from_dataset(path, ds)
+        return "image", header, _text(ds.get("AccessionNumber")), _image_text(ds)
+    except DicomError:
+        raise
+    except Exception as error:  # noqa: BLE001 - lazily parsed corrupt elements fail in many ways
+        raise DicomError(f"{path}: corrupt header ({type(error).__name__}: {error})") from None
 
 
 def list_studies(raw_dir: Path, options=None) -> LayoutListing:
@@ -124,39 +145,35 @@ def list_studies(raw_dir: Path, options=None) -> LayoutListing:
     if not raw_dir.is_dir():
         raise FileNotFoundError(f"{raw_dir}: raw data folder not found")
     salt = options.phi_salt
-    csv_path = None if not options.reports_csv else raw_dir / options.reports_csv  # absolute stays
-    images: dict[str, list[ImageRef]] = {}
+    csv_path = raw_dir / options.reports_csv if options.reports_csv else None  # absolute stays
+    images: dict[str, list[ImageRef]] = {}  # raw study uid -> its images
     patient: dict[str, str | None] = {}  # raw study uid -> raw PatientID of its first image
+    keys: dict[str, list[str]] = {}  # raw study uid -> report keys: itself + accession numbers
     accession: dict[str, str] = {}  # raw AccessionNumber -> raw study uid
-    keys: dict[str, list[str]] = {}  # raw study uid -> its report keys (uid, accession numbers)
     texts, srs, tags, stray = [], [], {}, []
 
     def pseudo(uid: str) -> str:
         return pseudonymize(uid, salt, "study")
 
     for path in _files(raw_dir):
-        if csv_path is not None and path.name == csv_path.name and path.resolve() == csv_path.resolve():
+        if csv_path and path.name == csv_path.name and path.resolve() == csv_path.resolve():
             continue  # the reports CSV is configuration; its rows are the inputs
         if path.name.upper() == "DICOMDIR":
             stray.append(Stray(str(path), None, DICOMDIR_REASON))
             continue
-        if path.suffix.lower() == ".txt":
+        if path.suffix.lower() == ".txt":  # a sidecar report, matched once all headers are read
             texts.append(path)
             continue
         try:
-            ds = _dcmread(path, stop_before_pixels=True)
-            meta = getattr(ds, "file_meta", None) or {}
-            if _text(meta.get("MediaStorageSOPClassUID")) == DICOMDIR_CLASS:
-                stray.append(Stray(str(path), None, DICOMDIR_REASON))
-                continue
-            uid = _text(ds.get("StudyInstanceUID"))
-            if _text(ds.get("Modality")).upper() == "SR" and uid:
-                srs.append((path, uid, *_sr_report(ds)))
-                continue
-            header = _header_from_dataset(path, ds)
+            kind, *found = _scan(path)
         except DicomError as error:
             stray.append(Stray(str(path), None, str(error).removeprefix(f"{path}: ")))
             continue
+        if kind == "sr":
+            srs.append((path, *found))
+            continue
+        header, acc, tag = found
+        uid = header.study_instance_uid
         if uid in patient and patient[uid] != header.patient_id:
             why = "PatientID differs from the other images of its study"
             stray.append(Stray(str(path), pseudo(uid), why))
@@ -164,55 +181,51 @@ def list_studies(raw_dir: Path, options=None) -> LayoutListing:
         patient.setdefault(uid, header.patient_id)
         images.setdefault(uid, []).append(ImageRef(path, header.sop_instance_uid, header=header))
         keys.setdefault(uid, [uid])
-        if (acc := _text(ds.get("AccessionNumber"))) and acc not in accession:
+        if acc and acc not in accession:
             accession[acc] = uid
             keys[uid].append(acc)
-        if uid not in tags and (found := _image_text(ds)):
-            tags[uid] = ReportRef(f"{path}#{found[0]}", text=found[1])
+        if tag and uid not in tags:
+            tags[uid] = ReportRef(f"{path}#{tag[0]}", text=tag[1])
 
-    reports: dict[str, ReportRef] = {}
-    kinds: Counter[str] = Counter()
-
-    def attach(uid: str, ref: ReportRef, kind: str) -> None:
-        reports[uid] = ref
-        kinds[kind] += 1
-
+    reports: dict[str, tuple[ReportRef, str]] = {}  # raw study uid -> (report, where from)
     for path in texts:
         uid = path.stem if path.stem in images else accession.get(path.stem)
         if uid is None:
             stray.append(Stray(str(path), None, "report file matches no study in the tree"))
         elif uid in reports:
-            why = "another report file of the same study was used"
-            stray.append(Stray(str(path), pseudo(uid), why))
+            stray.append(Stray(str(path), pseudo(uid), "another report file of its study was used"))
         else:
-            attach(uid, ReportRef(str(path), path=path), "sidecar file")
+            reports[uid] = ReportRef(str(path), path=path), "sidecar file"
     notes = []
     if csv_path is not None:
         rows, n_rows = _csv_reports(csv_path)
+        used = 0
         for uid in images:
             key = next((k for k in keys[uid] if k in rows), None)
             if key is not None and uid not in reports:
-                attach(uid, ReportRef(rows[key][0], text=rows[key][1]), "reports CSV")
-        notes.append(f"{csv_path}: {kinds['reports CSV']} of {n_rows} rows used as reports")
+                reports[uid] = ReportRef(rows[key][0], text=rows[key][1]), "reports CSV"
+                used += 1
+        notes.append(f"{csv_path}: {used} of {n_rows} rows used as reports")
     for path, uid, text, why in srs:
         if uid not in images:
             why = "structured report matches no image study in the tree"
         elif why is None and uid in reports:
-            why = f"structured report not used: the study's report comes from {reports[uid].origin}"
+            why = f"structured report not used: the study's report comes from its {reports[uid][1]}"
         if why is not None:
             stray.append(Stray(str(path), pseudo(uid), why))
         else:
-            attach(uid, ReportRef(str(path), text=text), "structured report")
+            reports[uid] = ReportRef(str(path), text=text), "structured report"
     for uid, ref in tags.items():
-        if uid not in reports:
-            attach(uid, ref, "image text tag")
+        reports.setdefault(uid, (ref, "image text tag"))
 
     studies = sorted(
         (StudyFiles(pseudo(uid), pseudonymize(patient[uid] or f"unknown-{uid}", salt, "pid"),
-                    reports.get(uid), refs) for uid, refs in images.items()),
+                    reports[uid][0] if uid in reports else None, refs)
+         for uid, refs in images.items()),
         key=lambda s: s.study_id,
     )
-    found = ", ".join(f"{n} from {kind}" for kind, n in kinds.items()) or "none"
+    kinds = Counter(kind for _, kind in reports.values())
+    found = ", ".join(f"{n} from {kind}" for kind, n in sorted(kinds.items())) or "none"
     notes.insert(0, f"{len(studies)} studies by StudyInstanceUID; reports: {found}; "
-                    f"{len(studies) - len(reports)} studies without a report")
+                    f"{len(studies) - len(reports)} without a report")
     return LayoutListing("dicom_tree", studies, stray, notes)

@@ -48,6 +48,40 @@ TARGET_SCAN_VS_FULL = 10.0
 RESULTS = HERE / "results" / "ingest.json"
 
 
+class Clock:
+    """Wall time, CPU time of this process and its reaped children, and the load average, so a
+    busy shared machine shows in the figures: cpu_per_wall near 1 (serial) or WORKERS (pool)."""
+
+    def __enter__(self):
+        self.load_before = os.getloadavg()[0]
+        self.cpu0 = self._cpu()
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.perf_counter() - self.t0
+        self.cpu = self._cpu() - self.cpu0
+        self.load_after = os.getloadavg()[0]
+
+    @staticmethod
+    def _cpu() -> float:
+        import resource
+
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def fields(self, n: int) -> dict:
+        return {
+            "n": n,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(n / self.seconds, 2),
+            "cpu_seconds": round(self.cpu, 2),
+            "cpu_per_wall": round(self.cpu / self.seconds, 2),
+            "cpu_ms_per_image": round(1000 * self.cpu / n, 1),
+            "loadavg_1min_before_after": [round(self.load_before, 2), round(self.load_after, 2)],
+        }
+
+
 def make_corpus(n: int, folder: Path) -> list[tuple[str, Path]]:
     """Write n copies (round-robin over SOURCES) with fresh UIDs; return (source label, path)."""
     import pydicom
@@ -80,16 +114,12 @@ def naive_one(path: Path):
 
 def run_naive(corpus: list[tuple[str, Path]]) -> dict:
     per_source: dict[str, list[float]] = {}
-    start = time.perf_counter()
-    for label, path in corpus:
-        t0 = time.perf_counter()
-        naive_one(path)
-        per_source.setdefault(label, []).append(time.perf_counter() - t0)
-    seconds = time.perf_counter() - start
-    return {
-        "n": len(corpus),
-        "seconds": round(seconds, 2),
-        "images_per_s": round(len(corpus) / seconds, 2),
+    with Clock() as clock:
+        for label, path in corpus:
+            t0 = time.perf_counter()
+            naive_one(path)
+            per_source.setdefault(label, []).append(time.perf_counter() - t0)
+    return clock.fields(len(corpus)) | {
         "ms_per_image_by_source": {k: round(1000 * statistics.mean(v), 1) for k, v in per_source.items()},
     }
 
@@ -113,10 +143,9 @@ def images_frame(corpus: list[tuple[str, Path]], shas: dict[Path, str], uids: di
 def run_cache(images, cache_dir: Path, expect_cached: bool) -> dict:
     from cxr_assets.ingest.image_cache import cache_images
 
-    start = time.perf_counter()
-    table, quarantine = cache_images(images, cache_dir, size=SIZE, bits=BITS, workers=WORKERS,
-                                     progress=False)
-    seconds = time.perf_counter() - start
+    with Clock() as clock:
+        table, quarantine = cache_images(images, cache_dir, size=SIZE, bits=BITS, workers=WORKERS,
+                                         progress=False)
     if quarantine.height:
         raise RuntimeError(f"{quarantine.height} images quarantined: {quarantine.head(3)}")
     cached = int(table["was_cached"].sum())
@@ -127,12 +156,7 @@ def run_cache(images, cache_dir: Path, expect_cached: bool) -> dict:
     pngs = sum(1 for _ in cache_dir.rglob("*.png"))
     if pngs != images.height:
         raise RuntimeError(f"{pngs} PNGs in the cache for {images.height} images")
-    return {
-        "n": images.height,
-        "seconds": round(seconds, 3),
-        "images_per_s": round(images.height / seconds, 2),
-        "was_cached": cached,
-    }
+    return clock.fields(images.height) | {"was_cached": cached}
 
 
 def run_header_scan(corpus: list[tuple[str, Path]]) -> tuple[dict, dict, dict]:
@@ -140,23 +164,19 @@ def run_header_scan(corpus: list[tuple[str, Path]]) -> tuple[dict, dict, dict]:
     from cxr_assets.ingest.dicom import read_header
 
     shas, uids = {}, {}
-    start = time.perf_counter()
     header_s = 0.0
-    for _, path in corpus:
-        t0 = time.perf_counter()
-        header = read_header(path)
-        header_s += time.perf_counter() - t0
-        shas[path] = file_sha256(path)
-        uids[path] = header.sop_instance_uid
-    seconds = time.perf_counter() - start
+    with Clock() as clock:
+        for _, path in corpus:
+            t0 = time.perf_counter()
+            header = read_header(path)
+            header_s += time.perf_counter() - t0
+            shas[path] = file_sha256(path)
+            uids[path] = header.sop_instance_uid
     if len(set(shas.values())) != len(corpus):
         raise RuntimeError("replicated files are not all distinct")
     mib = sum(path.stat().st_size for _, path in corpus) / 2**20
-    return {
-        "n": len(corpus),
-        "seconds": round(seconds, 2),
-        "images_per_s": round(len(corpus) / seconds, 1),
-        "share_of_time_in_read_header": round(header_s / seconds, 3),
+    return clock.fields(len(corpus)) | {
+        "share_of_time_in_read_header": round(header_s / clock.seconds, 3),
         "mib_hashed": round(mib, 1),
     }, shas, uids
 
@@ -182,12 +202,12 @@ def profile_stages(reps: int = 3) -> dict:
     with tempfile.TemporaryDirectory(prefix="cxr_bench_png_") as tmp:
         png = Path(tmp) / "x.png"
         for label, path in SOURCES.items():
-            read_ms, raw = median_ms(lambda: pydicom.dcmread(path).pixel_array)
+            read_ms, raw = median_ms(lambda p=path: pydicom.dcmread(p).pixel_array)
             naive_resize_ms, _ = median_ms(
-                lambda: Image.fromarray(raw).resize((SIZE, SIZE), Image.Resampling.LANCZOS))
-            decode_ms, image = median_ms(lambda: decode_pixels(path))
-            resize_ms, small = median_ms(lambda: resize_and_pad(image, SIZE))
-            png_ms, _ = median_ms(lambda: write_png_atomic(small, png, BITS))
+                lambda a=raw: Image.fromarray(a).resize((SIZE, SIZE), Image.Resampling.LANCZOS))
+            decode_ms, image = median_ms(lambda p=path: decode_pixels(p))
+            resize_ms, small = median_ms(lambda a=image: resize_and_pad(a, SIZE))
+            png_ms, _ = median_ms(lambda a=small: write_png_atomic(a, png, BITS))
             table[label] = {
                 "dcmread_pixel_array": read_ms,
                 "naive_resize": naive_resize_ms,
@@ -267,10 +287,15 @@ def main() -> None:
         "full_vs_naive": round(full["images_per_s"] / naive["images_per_s"], 2),
         "header_scan_vs_full": round(scan["images_per_s"] / full["images_per_s"], 2),
         "cached_vs_full": round(cached["images_per_s"] / full["images_per_s"], 1),
+        # per-image CPU work of naive / full: WORKERS x this is the full/naive ceiling on an
+        # otherwise idle machine with perfect scaling (JPEG 2000 decoding is shared by both)
+        "naive_cpu_over_full_cpu_per_image": round(
+            naive["cpu_ms_per_image"] / full["cpu_ms_per_image"], 2),
     }
     result |= {"naive": naive, "full": full, "cached": cached, "header_scan": scan, "ratios": ratios}
 
-    print(f"\n{'candidate':<44}{'files':>7}{'seconds':>10}{'images/s':>11}")
+    print(f"\n{'candidate':<48}{'files':>6}{'seconds':>9}{'images/s':>10}{'cpu/wall':>10}"
+          f"{'cpu ms/img':>11}{'load 1m':>12}")
     rows = [
         ("1. naive (1 proc: dcmread+pixel_array+resize)", naive),
         (f"2. full path cache_images, workers={WORKERS}, empty", full),
@@ -278,15 +303,23 @@ def main() -> None:
         ("4. header scan (read_header + sha256)", scan),
     ]
     for name, r in rows:
-        print(f"{name:<44}{r['n']:>7}{r['seconds']:>10.2f}{r['images_per_s']:>11.1f}")
+        load = "{:.1f}->{:.1f}".format(*r["loadavg_1min_before_after"])
+        print(f"{name:<48}{r['n']:>6}{r['seconds']:>9.2f}{r['images_per_s']:>10.1f}"
+              f"{r['cpu_per_wall']:>10.2f}{r['cpu_ms_per_image']:>11.1f}{load:>12}")
     print(f"naive ms/image by source: {naive['ms_per_image_by_source']}")
     print(f"header scan: {scan['mib_hashed']:,.0f} MiB hashed, "
           f"{scan['share_of_time_in_read_header']:.0%} of its time in read_header")
-    ok = lambda got, want: "OK" if got >= want else "MISSED"  # noqa: E731
+    ok = lambda got, want: "OK" if got >= want else "MISSED"
     print(f"full path / naive  = {ratios['full_vs_naive']:.2f}x (target >= {TARGET_FULL_VS_NAIVE:.0f}x: "
           f"{ok(ratios['full_vs_naive'], TARGET_FULL_VS_NAIVE)})")
     print(f"header scan / full = {ratios['header_scan_vs_full']:.2f}x (target >= {TARGET_SCAN_VS_FULL:.0f}x: "
           f"{ok(ratios['header_scan_vs_full'], TARGET_SCAN_VS_FULL)})")
+    print(f"CPU per image, naive / full = {ratios['naive_cpu_over_full_cpu_per_image']:.2f} "
+          f"(so {WORKERS} cores give at most {WORKERS * ratios['naive_cpu_over_full_cpu_per_image']:.2f}x; "
+          f"full path used {full['cpu_per_wall']:.2f} of {WORKERS} cores)")
+    if naive["cpu_per_wall"] < 0.9 or scan["cpu_per_wall"] < 0.9:
+        print("NOTE: a serial candidate got < 0.9 CPU per wall second: the machine was busy "
+              "(other processes or I/O); rerun on a quiet machine for clean ratios")
     print(f"cached / full      = {ratios['cached_vs_full']:.1f}x (decoded nothing: "
           f"{cached['was_cached']}/{cached['n']} were cached)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

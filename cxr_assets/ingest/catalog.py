@@ -172,6 +172,7 @@ class _Catalogue:
     # -- images -------------------------------------------------------------------------------
     def _read_image(self, ref: ImageRef) -> tuple[dict | None, str | None]:
         """(catalog row without study columns, None) or (None, quarantine reason)."""
+        from cxr_assets.ingest.dicom import normalize_view
         from cxr_assets.ingest.images import ImageError, read_image_header
 
         path = ref.path
@@ -186,7 +187,11 @@ class _Catalogue:
         before = self.previous.get(str(path))
         if before and (before["file_size"], before["file_mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
             self.n_reused += 1  # unchanged since the last catalog: it passed every check then
-            return {k: before[k] for k in IMAGES_SCHEMA if k not in ("study_id", "patient_id", "batch_id")}, None
+            row = {k: before[k] for k in IMAGES_SCHEMA if k not in ("study_id", "patient_id", "batch_id")}
+            if row["image_format"] != "dicom":  # id and view of JPEG/PNG come from the listing
+                row["image_id"] = ref.image_id or ref.path.stem
+                row["view_position"] = normalize_view(ref.view_hint)
+            return row, None
         try:
             header = ref.header or read_image_header(path)
             digest = file_sha256(path)
@@ -383,10 +388,9 @@ def ingest_sources(
 
     previous_images = previous_batches = None
     if previous_catalog is not None:
-        state = _read_state(previous_catalog)
-        if state.get("fingerprint") == _options_fingerprint(options):
-            if (previous_catalog / "images.parquet").is_file():
-                previous_images = pl.read_parquet(previous_catalog / "images.parquet")
+        same_options = _read_state(previous_catalog).get("fingerprint") == _options_fingerprint(options)
+        if same_options and (previous_catalog / "images.parquet").is_file():
+            previous_images = pl.read_parquet(previous_catalog / "images.parquet")
         if (previous_catalog / "ingest_batches.parquet").is_file():
             previous_batches = pl.read_parquet(previous_catalog / "ingest_batches.parquet")
     first_seen = {} if previous_batches is None else dict(
@@ -399,9 +403,10 @@ def ingest_sources(
     n_inputs = 0
     now = datetime.now(UTC).isoformat(timespec="seconds")
     for batch, folder in sources:
+        batch_options = options if batch == BASE_BATCH else _batch_options(options)
         name, how = resolve_layout(folder, options.layout)
         book.policy = PhiPolicy(resolve_phi_policy(options.phi_policy, name))
-        listing = _cap(get_layout(name).list_studies(folder, options), options.max_studies)
+        listing = _cap(get_layout(name).list_studies(folder, batch_options), options.max_studies)
         before = (len(book.studies), len(book.images), len(book.reports), len(book.quarantine))
         _add_listing(book, listing, options.source_name, batch, options.require_images, progress)
         notes += [f"[{batch}] {how}; phi_policy {book.policy.mode}"] + [f"[{batch}] {n}" for n in listing.notes]
@@ -420,9 +425,18 @@ def ingest_sources(
 
 
 def _options_fingerprint(options) -> str:
-    """What decides whether a previously catalogued, unchanged file may be reused."""
-    keys = ("layout", "phi_policy", "source_name", "require_images")
-    return json.dumps({k: getattr(options, k) for k in keys}, sort_keys=True)
+    """What decides whether a previously catalogued, unchanged file may be reused: every option
+    that changes how a file is listed or judged (column mapping, CSVs, PHI policy, ...)."""
+    ignored = {"image_size", "cache_bits", "workers", "max_studies", "drop_dir"}
+    return json.dumps(options.model_dump(exclude=ignored), sort_keys=True, default=str)
+
+
+def _batch_options(options):
+    """Options for a drop-folder batch: absolute CSV/image locations name the base data, so a
+    batch uses its own files (the layout's usual names, or paths relative to the batch)."""
+    keys = ("metadata_csv", "reports_csv", "images_root")
+    absolute = {k: None for k in keys if getattr(options, k) and Path(getattr(options, k)).is_absolute()}
+    return options.model_copy(update=absolute) if absolute else options
 
 
 def _read_state(catalog_dir: Path) -> dict:

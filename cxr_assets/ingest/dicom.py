@@ -84,7 +84,8 @@ def _text(value: object) -> str | None:
     return text or None
 
 
-def _dcmread(path: Path, stop_before_pixels: bool):
+def read_dataset(path: Path, stop_before_pixels: bool):
+    """pydicom Dataset of `path`; DicomError (naming the file) when it is not readable DICOM."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -135,7 +136,17 @@ def view_from_dataset(ds) -> str | None:
     return None
 
 
-def _header_from_dataset(path: Path, ds) -> DicomHeader:
+def _spacing(ds) -> str | None:
+    """Row\\column spacing in mm; zero or negative values (seen in test objects) mean unknown."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        values = ds.get(keyword)
+        if values and all(float(v) > 0 for v in values):
+            return "\\".join(str(v) for v in values)
+    return None
+
+
+def header_from_dataset(path: Path, ds) -> DicomHeader:
+    """DicomHeader of an already read Dataset (one read serves layouts that need the dataset)."""
     from cxr_assets.ingest.phi import dicom_phi_tags, is_deidentified
 
     try:
@@ -143,10 +154,14 @@ def _header_from_dataset(path: Path, ds) -> DicomHeader:
     except Exception as error:  # noqa: BLE001 - lazy element parsing fails in many ways
         raise DicomError(f"{path}: corrupt header ({type(error).__name__}: {error})") from None
     if missing:
+        if len(missing) == len(REQUIRED_TAGS) and not any(tag.group > 0x0002 for tag in ds.keys()):  # noqa: SIM118 - tags, not elements
+            raise DicomError(f"{path}: empty data set after the file meta header (truncated file?)")
+        modality = _text(ds.get("Modality"))
+        if modality and {"Rows", "Columns"} & set(missing):
+            raise DicomError(f"{path}: not an image (Modality {modality})")
         raise DicomError(f"{path}: missing required tag(s) {', '.join(missing)}")
     try:
-        spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-        pixel_spacing = "\\".join(str(v) for v in spacing) if spacing else None
+        pixel_spacing = _spacing(ds)
         frames = int(ds.get("NumberOfFrames") or 1)
         return DicomHeader(
             path=path,
@@ -172,7 +187,7 @@ def _header_from_dataset(path: Path, ds) -> DicomHeader:
 def read_header(path: Path) -> DicomHeader:
     """Read the header only (no pixel data). Raise DicomError on corrupt files or missing tags."""
     path = Path(path)
-    return _header_from_dataset(path, _dcmread(path, stop_before_pixels=True))
+    return header_from_dataset(path, read_dataset(path, stop_before_pixels=True))
 
 
 def _stored_range(ds) -> tuple[float, float]:
@@ -205,8 +220,8 @@ def decode_pixels(path: Path) -> np.ndarray:
     and inverts MONOCHROME1. Raises DicomError for multi-frame, colour or undecodable files.
     """
     path = Path(path)
-    ds = _dcmread(path, stop_before_pixels=False)
-    header = _header_from_dataset(path, ds)
+    ds = read_dataset(path, stop_before_pixels=False)
+    header = header_from_dataset(path, ds)
     if (why := header.rejection()) is not None:
         raise DicomError(f"{path}: {why}")
     if "PixelData" not in ds:

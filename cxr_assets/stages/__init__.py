@@ -37,7 +37,8 @@ STAGES: tuple[StageSpec, ...] = (
         _contract("studies"), _contract("images"))),
     StageSpec("study_images", ("raw_studies",), "ingest", ("pydicom", "parquet"), (
         CheckSpec("images_accounted", True, "every catalogued image is cached or quarantined"),)),
-    StageSpec("report_texts", ("raw_studies",), "reports", ("polars", "parquet")),
+    StageSpec("report_texts", ("raw_studies",), "reports", ("polars", "parquet"), (
+        CheckSpec("reports_accounted", True, "every catalogued report is parsed or quarantined"),)),
     StageSpec("report_profile", ("report_texts",), "reports", ("great_expectations", "parquet"),
               (_contract("reports"),
                CheckSpec("reports_drift", False, "profile shares within quality.drift_tolerance "

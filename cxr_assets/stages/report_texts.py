@@ -13,7 +13,7 @@ import polars as pl
 
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
-from cxr_assets.stages.base import StageResult, TablePreview, require, write_parquet
+from cxr_assets.stages.base import CheckOutcome, StageResult, TablePreview, require, write_parquet
 
 
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
@@ -56,4 +56,10 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
                 reports.select("study_id", "findings", "impression").head(5).to_dicts()
             ),
         },
+        [CheckOutcome(
+            "reports_accounted", reports.height + quarantine.height == catalogued.height,
+            blocking=True, description="every catalogued report is parsed or quarantined",
+            metadata={"catalogued": catalogued.height, "parsed": reports.height,
+                      "quarantined": quarantine.height},
+        )],
     )

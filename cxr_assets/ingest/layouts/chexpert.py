@@ -21,8 +21,9 @@ from pathlib import Path
 
 import polars as pl
 
-from cxr_assets.ingest.layouts.csv_manifest import (
+from cxr_assets.ingest.layouts._csv import (
     ROW,
+    column_or_null,
     conflict_note,
     csv_header,
     option_path,
@@ -63,7 +64,8 @@ def _main_csvs(raw_dir: Path, options) -> list[Path]:
         found = [folder / name for name in MAIN_NAMES if (folder / name).is_file()]
         if found:
             return found
-    raise FileNotFoundError(f"{raw_dir}: no CheXpert train.csv / valid.csv; set ingest.metadata_csv")
+    raise FileNotFoundError(
+        f"{raw_dir}: no CheXpert train.csv / valid.csv; set ingest.metadata_csv")
 
 
 def _plus_reports(path: Path) -> tuple[dict[str, ReportRef], list[str]]:
@@ -82,7 +84,7 @@ def _plus_reports(path: Path) -> tuple[dict[str, ReportRef], list[str]]:
             filled=filled.fill_null(False),
             joined=pl.concat_str(texts, separator="\x1f", ignore_nulls=True))
         .filter(pl.col("sid").is_not_null())
-        .sort("filled", descending=True, maintain_order=True)  # rows with text first, else row order
+        .sort("filled", descending=True, maintain_order=True)  # rows with text first, stable
         .group_by("sid", maintain_order=True)
         .agg(pl.col(ROW).first(), *[pl.col(c).first() for c in texts],
              pl.col("joined").filter(pl.col("filled")).n_unique().alias("n_texts"))
@@ -92,7 +94,8 @@ def _plus_reports(path: Path) -> tuple[dict[str, ReportRef], list[str]]:
         named = dict(zip(texts, bodies, strict=True))
         text = text_from_columns(**{c: named[c] for c in sections}) or (named.get("report") or "")
         reports[sid] = ReportRef(origin(path, row), text=text)
-    return reports, conflict_note(per_study.filter(pl.col("n_texts") > 1)["sid"].to_list(), "report texts")
+    conflicts = per_study.filter(pl.col("n_texts") > 1)["sid"].to_list()
+    return reports, conflict_note(conflicts, "report texts")
 
 
 def list_studies(raw_dir: Path, options) -> LayoutListing:
@@ -107,27 +110,31 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
     for path in _main_csvs(raw_dir, options):
         header = csv_header(path)
         names = PLUS if PLUS[0] in header and V1[0] not in header else V1
-        require_columns(path, header, {names[0]: "image path column (CheXpert Path or CheXpert Plus path_to_image)"})
+        require_columns(path, header, {names[0]: "CheXpert Path or CheXpert Plus path_to_image"})
         if names is PLUS and not options.reports_csv:  # CheXpert Plus alone: its own reports
             found, conflicts = _plus_reports(path)
             reports, notes = reports | found, notes + conflicts
-        frame = read_csv(path, "CheXpert CSV (ingest.metadata_csv)", columns=[c for c in names if c in header])
-        optional = [pl.col(c) if c in header else pl.lit(None, pl.String) for c in names[1:]]
+        frame = read_csv(path, "CheXpert CSV (ingest.metadata_csv)",
+                         columns=[c for c in names if c in header])
+        optional = [column_or_null(c if c in header else None).alias(c) for c in names[1:]]
         first = next((p for p in frame[names[0]] if p), "")
         base = raw_dir if options.metadata_csv else path.parent
-        root = option_path(raw_dir, options.images_root, base.parent if first.split("/")[0] == base.name else base)
+        default = base.parent if first.split("/")[0] == base.name else base
+        root = option_path(raw_dir, options.images_root, default)
         for row, rel, side, ap_pa in frame.select(ROW, names[0], *optional).iter_rows():
             match = _STUDY.search(rel or "")
             if match is None:
-                stray.append(Stray(origin(path, row), None,
-                                   f"image path {rel!r} has no patientNNNNN/studyN folders"))
+                why = (f"image path {rel!r} has no patientNNNNN/studyN folders" if rel
+                       else "row without image path")
+                stray.append(Stray(origin(path, row), None, why))
                 continue
             patient, sid = match[1], f"{match[1]}-{match[2]}"
             study = studies.get(sid)
             if study is None:
                 study = studies[sid] = StudyFiles(sid, patient, reports.get(sid))
             view = "LATERAL" if (side or "").strip().lower() == "lateral" else (ap_pa or side)
-            study.images.append(ImageRef(root / rel, image_id=f"{sid}-{Path(rel).stem}", view_hint=view))
+            stem = rel.rsplit("/", 1)[-1].rsplit(".", 1)[0]  # file stems repeat across studies
+            study.images.append(ImageRef(root / rel, image_id=f"{sid}-{stem}", view_hint=view))
         notes.append(f"{path.name}: {frame.height} image rows resolved against {root}")
     if not reports:
         notes.append(NO_REPORTS)

@@ -5,90 +5,29 @@ patient_id, view). Without a study id column every row is its own study ("row<n>
 the rows of a study share its images and its report (the first non-blank text). The CSV is
 `ingest.metadata_csv` (default raw_dir/manifest.csv); image paths are relative to
 `ingest.images_root` (default raw_dir).
-
-The small CSV helpers below are shared by the other CSV-based layouts (iu_xray, chexpert,
-padchest): one way to resolve path options, read a CSV as strings and name a row.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 from pathlib import Path
 
 import polars as pl
 
+from cxr_assets.ingest.layouts._csv import (
+    ROW,
+    blank,
+    column_or_null,
+    conflict_note,
+    csv_header,
+    option_path,
+    origin,
+    read_csv,
+    require_columns,
+)
 from cxr_assets.ingest.listing import ImageRef, LayoutListing, ReportRef, Stray, StudyFiles
 
 DEFAULT_NAME = "manifest.csv"
-ROW = "__row"  # 0-based data row number added to every table read here
 
-
-# --- helpers shared by the CSV layouts -----------------------------------------------------------
-
-def option_path(raw_dir: Path, value: str | None, default: Path) -> Path:
-    """A path option: absolute, or relative to raw_dir; `default` when unset."""
-    if not value:
-        return default
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else raw_dir / path
-
-
-def csv_header(path: Path) -> list[str]:
-    """Column names of a CSV (or .csv.gz) without reading the rest; [] when unreadable."""
-    try:
-        opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8-sig", errors="replace", newline="") as handle:
-            return next(csv.reader(handle), [])
-    except (OSError, EOFError, csv.Error):
-        return []
-
-
-def read_csv(path: Path, what: str, columns: list[str] | None = None) -> pl.DataFrame:
-    """Every cell as a string (no type guessing: ids keep their leading zeros), plus ROW.
-
-    Polars reads .csv.gz directly. Blank cells are null.
-    """
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
-    frame = pl.read_csv(path, infer_schema=False, columns=columns, encoding="utf8-lossy")
-    return frame.with_row_index(ROW)
-
-
-def require_columns(path: Path, have: list[str], needed: dict[str, str]) -> None:
-    """Raise a ValueError naming the CSV, the missing columns, the ones it has and the param.
-
-    `needed` maps column name -> the params key that names it (or a description).
-    """
-    missing = [name for name in needed if name not in have]
-    if missing:
-        keys = ", ".join(f"{name!r} ({needed[name]})" for name in missing)
-        raise ValueError(
-            f"{path}: missing column(s) {keys}; the CSV has {', '.join(map(repr, have)) or 'no header'}"
-        )
-
-
-def column_or_null(name: str | None) -> pl.Expr:
-    """An optional column: the column when named, else nulls."""
-    return pl.col(name) if name else pl.lit(None, pl.String)
-
-
-def origin(path: Path, row: int) -> str:
-    return f"{path}#row={row}"
-
-
-def blank(value: str | None) -> bool:
-    return value is None or not value.strip()
-
-
-def conflict_note(studies: list[str], what: str) -> list[str]:
-    if not studies:
-        return []
-    sample = ", ".join(studies[:3])
-    return [f"{len(studies)} studies have rows with differing {what}; the first was used (e.g. {sample})"]
-
-
-# --- the generic manifest layout -----------------------------------------------------------------
 
 def detect(raw_dir: Path) -> str | None:
     from cxr_assets.config import ManifestColumns
@@ -106,7 +45,8 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
     cols = options.columns
     path = option_path(raw_dir, options.metadata_csv, raw_dir / DEFAULT_NAME)
     frame = read_csv(path, "manifest CSV (ingest.metadata_csv)")
-    needed = {cols.image_path: "ingest.columns.image_path", cols.report_text: "ingest.columns.report_text"}
+    needed = {cols.image_path: "ingest.columns.image_path",
+              cols.report_text: "ingest.columns.report_text"}
     for key in ("study_id", "patient_id", "view"):
         if getattr(cols, key):
             needed[getattr(cols, key)] = f"ingest.columns.{key}"
@@ -114,7 +54,9 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
     root = option_path(raw_dir, options.images_root, raw_dir)
 
     # One pass: each row is an image of its study, or a stray when it cannot be placed.
-    rows = frame.select(ROW, column_or_null(cols.study_id).alias("s"), column_or_null(cols.patient_id).alias("p"),
+    # Aliased: one CSV column may serve two roles (e.g. patient id = study id).
+    rows = frame.select(ROW, column_or_null(cols.study_id).alias("s"),
+                        column_or_null(cols.patient_id).alias("p"),
                         pl.col(cols.image_path).alias("i"), column_or_null(cols.view).alias("v"),
                         pl.col(cols.report_text).alias("r"))
     studies: dict[str, StudyFiles] = {}
@@ -123,10 +65,12 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
     for row, sid, pid, image, view, text in rows.iter_rows():
         sid = (sid or "").strip() if cols.study_id else f"row{row}"
         if not sid:
-            stray.append(Stray(origin(path, row), None, f"empty study id cell (column {cols.study_id!r})"))
+            why = f"empty study id cell (column {cols.study_id!r})"
+            stray.append(Stray(origin(path, row), None, why))
             continue
         if blank(image):
-            stray.append(Stray(origin(path, row), sid, f"empty image path cell (column {cols.image_path!r})"))
+            why = f"empty image path cell (column {cols.image_path!r})"
+            stray.append(Stray(origin(path, row), sid, why))
             continue
         study = studies.get(sid)
         if study is None:  # the first row of a study names its patient

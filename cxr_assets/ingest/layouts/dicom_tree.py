@@ -16,12 +16,11 @@ from collections import Counter
 from pathlib import Path
 
 # The private pair lets one dcmread serve both the image header and SR / text-tag reading.
-from cxr_assets.ingest.dicom import CHEST_BODY_PARTS, DicomError, _dcmread, _header_from_dataset
+from cxr_assets.ingest.dicom import CHEST_BODY_PARTS, DicomError, header_from_dataset, read_dataset
 from cxr_assets.ingest.listing import ImageRef, LayoutListing, ReportRef, Stray, StudyFiles
 from cxr_assets.ingest.phi import pseudonymize
 
 DICOMDIR_REASON = "DICOMDIR index file (not an image)"
-DICOMDIR_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 KEY_COLUMNS = ("StudyInstanceUID", "AccessionNumber")
 TEXT_COLUMNS = ("report", "report_text", "text")
 # An image text tag is taken as the report only if it has report section headers: comments
@@ -121,15 +120,12 @@ def _csv_reports(csv_path: Path) -> tuple[dict[str, tuple[str, str]], int]:
 
 def _scan(path: Path) -> tuple:
     """One header read: ("sr", uid, text, why) or ("image", header, accession, text tag)."""
-    ds = _dcmread(path, stop_before_pixels=True)
+    ds = read_dataset(path, stop_before_pixels=True)
     try:
-        meta = getattr(ds, "file_meta", None) or {}
-        if _text(meta.get("MediaStorageSOPClassUID")) == DICOMDIR_CLASS:
-            raise DicomError(f"{path}: {DICOMDIR_REASON}")
         uid = _text(ds.get("StudyInstanceUID"))
         if uid and _text(ds.get("Modality")).upper() == "SR":
             return ("sr", uid, *_sr_report(ds))
-        header = _header_from_dataset(path, ds)
+        header = header_from_dataset(path, ds)
         return "image", header, _text(ds.get("AccessionNumber")), _image_text(ds)
     except DicomError:
         raise

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cxr_assets.ingest.layouts.csv_manifest import (
+from cxr_assets.ingest.layouts._csv import (
     ROW,
     blank,
     csv_header,
@@ -68,8 +68,8 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
             stray.append(Stray(origin(reports_csv, row), target.study_id,
                                f"second report row for uid {uid} ({target.report.origin} used)"))
             continue
-        target.report = ReportRef(origin(reports_csv, row),
-                                  text=text_from_columns(**dict(zip(sections, bodies, strict=True))))
+        text = text_from_columns(**dict(zip(sections, bodies, strict=True)))
+        target.report = ReportRef(origin(reports_csv, row), text=text)
 
     for row, uid, filename, projection in projections.select(
             ROW, "uid", "filename", "projection").iter_rows():

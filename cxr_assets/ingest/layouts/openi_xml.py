@@ -14,7 +14,7 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from cxr_assets.ingest.layouts.csv_manifest import option_path
+from cxr_assets.ingest.layouts._csv import option_path
 from cxr_assets.ingest.listing import ImageRef, LayoutListing, ReportRef, Stray, StudyFiles
 from cxr_assets.reports.sections import ReportError, openi_xml_text
 
@@ -76,7 +76,8 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
             if not image_id:
                 stray.append(Stray(str(path), sid, "<parentImage> without id"))
                 continue
-            name = next((image_id + s for s in SUFFIXES if image_id + s in present), image_id + ".png")
+            name = next((image_id + s for s in SUFFIXES if image_id + s in present),
+                        image_id + ".png")
             study.images.append(ImageRef(root / name, image_id=image_id))
         try:
             study.report = ReportRef(str(path), text=openi_xml_text(data, str(path)))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from cxr_assets.ingest.layouts.csv_manifest import (
+from cxr_assets.ingest.layouts._csv import (
     ROW,
     conflict_note,
     csv_header,
@@ -48,18 +48,19 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
             raise FileNotFoundError(f"{raw_dir}: no PADCHEST_*.csv(.gz); set ingest.metadata_csv")
         path = found[0]
         if len(found) > 1:  # never merge two releases silently
-            notes.append(f"{len(found)} PADCHEST_*.csv files; listed {path.name} only (set ingest.metadata_csv)")
+            notes.append(f"{len(found)} PADCHEST_*.csv files; listed {path.name} only "
+                         "(set ingest.metadata_csv)")
     require_columns(path, csv_header(path), {c: "PadChest column" for c in COLUMNS})
     frame = read_csv(path, "PadChest CSV (ingest.metadata_csv)", columns=list(COLUMNS))
     root = option_path(raw_dir, options.images_root, raw_dir)
 
-    # Reports and their disagreements per study, grouped by polars over the rows that place an image.
+    # Report and disagreements per study, grouped by polars over the rows that place an image.
     placed = frame.filter(pl.col("StudyID").str.strip_chars().str.len_chars() > 0,
                           pl.col("ImageID").str.strip_chars().str.len_chars() > 0)
     text = pl.col("Report").str.strip_chars()
     per_study = (
         placed.with_columns(filled=text.str.len_chars().fill_null(0) > 0)
-        .sort("filled", descending=True, maintain_order=True)  # non-blank rows first, else row order
+        .sort("filled", descending=True, maintain_order=True)  # non-blank rows first, stable
         .group_by("StudyID", maintain_order=True)
         .agg(pl.col(ROW).first(), pl.col("Report").first(),
              text.filter(pl.col("filled")).n_unique().alias("texts"),
@@ -80,11 +81,12 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
         study = studies.get(sid)
         if study is None:
             study = studies[sid] = StudyFiles(sid, (pid or "").strip() or sid, report_of[sid])
-        folder = root / image_dir.strip() if image_dir else root
-        study.images.append(ImageRef(folder / image_id.strip(), image_id=image_id.strip(),
-                                     view_hint=projection))
+        image_id = image_id.strip()
+        study.images.append(ImageRef(root.joinpath((image_dir or "").strip(), image_id),
+                                     image_id=image_id, view_hint=projection))
 
     notes.append(f"PadChest {path.name}: {frame.height} rows, images under {root}/<ImageDir>/")
     notes += conflict_note(per_study.filter(pl.col("texts") > 1)["StudyID"].to_list(), "reports")
-    notes += conflict_note(per_study.filter(pl.col("patients") > 1)["StudyID"].to_list(), "PatientID")
+    patients = per_study.filter(pl.col("patients") > 1)["StudyID"].to_list()
+    notes += conflict_note(patients, "PatientID")
     return LayoutListing("padchest", list(studies.values()), stray, notes)

@@ -65,6 +65,15 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+# Concurrency pools (limits set per instance: infra/dagster/dagster.yaml, `dagster instance
+# concurrency set <pool> <n>`): one writer per DuckDB catalog, GPU work one at a time, MLflow
+# registry moves serialized. Unlisted stages use no pool.
+POOLS = {
+    "raw_studies": "duckdb", "ingest_batch": "duckdb",
+    "text_encoder": "gpu", "report_embeddings": "gpu", "clip_model": "gpu", "study_embeddings": "gpu",
+    "evaluation_report": "mlflow", "champion_model": "mlflow", "champion_reevaluation": "mlflow",
+}
+
 # One partition per batch folder in ingest.drop_dir, added by new_ingest_batch_sensor.
 ingest_batches = DynamicPartitionsDefinition(name="ingest_batches")
 
@@ -79,6 +88,7 @@ def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True, partitions_de
         name=spec.name,
         deps=[AssetKey(u) for u in (*spec.upstream, *SIDE_INPUTS.get(spec.name, ()))],
         partitions_def=partitions_def,
+        pool=POOLS.get(spec.name),
         group_name=spec.group,
         kinds=set(spec.kinds),
         description=stage_doc(spec.name),

@@ -26,17 +26,21 @@ cxr_pipeline = define_asset_job(
     "cxr_pipeline",
     selection=AssetSelection.assets(*pipeline_assets),
     description="The whole chain: ingestion -> reports -> text encoder -> CLIP -> evaluation -> promotion.",
+    # Run-level limits of infra/dagster/dagster.yaml (queued run coordinator) key on these tags.
+    tags={"cxr/gpu": "1", "cxr/dvc": "1", "cxr/duckdb": "1", "cxr/mlflow": "1"},
 )
 champion_reevaluation_job = define_asset_job(
     "champion_reevaluation_job",
     selection=AssetSelection.assets(reevaluation_asset),
     description="Re-evaluate models:/<name>@champion on the current test split.",
+    tags={"cxr/mlflow": "1"},
 )
 ingest_batch_job = define_asset_job(
     "ingest_batch_job",
     selection=AssetSelection.assets(ingest_batch_asset, "raw_studies", "study_images", "report_texts"),
     description="Check one new drop-folder batch, then re-catalogue: new studies reach the catalog, "
     "image cache and report texts; re-run cxr_pipeline (or let the data sensor re-evaluate) next.",
+    tags={"cxr/duckdb": "1", "cxr/dvc": "1"},
 )
 champion_reevaluation = ScheduleDefinition(
     name="champion_reevaluation",

@@ -508,14 +508,64 @@ def write_duckdb_tables(db_path: Path, tables: dict[str, pl.DataFrame]) -> Path:
     return db_path
 
 
+WRITE_LOCK = ".write.lock"
+WRITE_LOCK_TIMEOUT_S = 600.0
+
+
+class CatalogWriteLock:
+    """Exclusive lock on catalog_dir/.write.lock: one catalog writer at a time.
+
+    Two concurrent raw_studies runs would otherwise interleave their Parquet files and one
+    would fail on DuckDB's own file lock ("Could not set lock on file"), leaving Parquet from
+    one run and DuckDB from the other. The kernel releases the lock when its holder dies.
+    """
+
+    def __init__(self, catalog_dir: Path, timeout_s: float = WRITE_LOCK_TIMEOUT_S) -> None:
+        self.path = Path(catalog_dir) / WRITE_LOCK
+        self.timeout_s = timeout_s
+        self._handle = None
+
+    def __enter__(self):
+        import time
+
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): one writer assumed, as before
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._handle = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    self._handle.close()
+                    self._handle = None
+                    raise TimeoutError(
+                        f"catalog {self.path.parent} is being written by another process: "
+                        f"{self.path} still locked after {self.timeout_s:.0f} s") from None
+                time.sleep(0.1)
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing the descriptor releases the flock
+            self._handle = None
+
+
 def write_catalog(result: IngestResult, catalog_dir: Path) -> dict[str, Path]:
     """Write the catalog tables as Parquet and as tables of catalog_dir/catalog.duckdb."""
     catalog_dir = Path(catalog_dir)
     tables = {"studies": result.studies, "images": result.images, "reports": result.reports,
               "quarantine": result.quarantine, "ingest_batches": result.batches}
-    paths = {
-        name: write_parquet_atomic(df, catalog_dir / f"{name}.parquet")
-        for name, df in tables.items()
-    }
-    paths["duckdb"] = write_duckdb_tables(catalog_dir / "catalog.duckdb", tables)
+    with CatalogWriteLock(catalog_dir):
+        for name in tables:  # temporaries left by a writer that was killed (we hold the lock)
+            for stale in catalog_dir.glob(f".{name}.parquet.*.tmp"):
+                stale.unlink(missing_ok=True)
+        paths = {
+            name: write_parquet_atomic(df, catalog_dir / f"{name}.parquet")
+            for name, df in tables.items()
+        }
+        paths["duckdb"] = write_duckdb_tables(catalog_dir / "catalog.duckdb", tables)
     return paths

@@ -23,6 +23,9 @@ REQUIRED_TAGS = (
     "Columns",
 )
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+# Larger than any radiograph detector (8192 x 8192). Decoders allocate Rows x Columns before
+# they notice the data is short: a corrupt compressed file claiming 65535 x 65535 took 8 GiB.
+MAX_PIXELS = 1 << 26
 # Projection radiography. "DR" is not a DICOM defined term but some vendors write it.
 RADIOGRAPH_MODALITIES = ("CR", "DX", "DR")
 # BodyPartExamined values (any language seen in public data) that mean the chest.
@@ -156,7 +159,10 @@ def header_from_dataset(path: Path, ds) -> DicomHeader:
     if missing:
         if len(missing) == len(REQUIRED_TAGS) and not any(tag.group > 0x0002 for tag in ds.keys()):  # noqa: SIM118 - tags, not elements
             raise DicomError(f"{path}: empty data set after the file meta header (truncated file?)")
-        modality = _text(ds.get("Modality"))
+        try:
+            modality = _text(ds.get("Modality"))
+        except Exception:  # noqa: BLE001 - a corrupt Modality: report the missing tags instead
+            modality = None
         if modality and {"Rows", "Columns"} & set(missing):
             raise DicomError(f"{path}: not an image (Modality {modality})")
         raise DicomError(f"{path}: missing required tag(s) {', '.join(missing)}")
@@ -182,6 +188,8 @@ def header_from_dataset(path: Path, ds) -> DicomHeader:
         )
     except (TypeError, ValueError) as error:
         raise DicomError(f"{path}: bad header value ({error})") from None
+    except Exception as error:  # noqa: BLE001 - lazy element parsing fails in many ways
+        raise DicomError(f"{path}: corrupt header ({type(error).__name__}: {error})") from None
 
 
 def read_header(path: Path) -> DicomHeader:
@@ -224,6 +232,8 @@ def decode_pixels(path: Path) -> np.ndarray:
     header = header_from_dataset(path, ds)
     if (why := header.rejection()) is not None:
         raise DicomError(f"{path}: {why}")
+    if header.rows * header.columns > MAX_PIXELS:
+        raise DicomError(f"{path}: implausible image size {header.rows} x {header.columns}")
     if "PixelData" not in ds:
         raise DicomError(f"{path}: no pixel data")
     try:

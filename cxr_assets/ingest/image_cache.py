@@ -7,6 +7,7 @@ Decoding runs in a spawn-based process pool (safe next to torch threads and in D
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import multiprocessing
 import os
@@ -82,8 +83,24 @@ def write_png_atomic(image: np.ndarray, path: Path, bits: int) -> None:
         tmp.unlink(missing_ok=True)
 
 
+# Errors of the cache's file system, not of the image: quarantining the image would drop a
+# good input from training, so the stage stops instead (a rerun continues where it stopped).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+
+
+def _disk_full_error(error: OSError, out_path: str) -> OSError:
+    cache_dir = Path(out_path).parent.parent
+    todo = ("raise the file size limit (ulimit -f)" if error.errno == errno.EFBIG
+            else "free space (or quota) on the file system")
+    return OSError(error.errno, f"image cache {cache_dir} cannot be written ({error.strerror}): "
+                   f"{todo}, then rerun; cached entries are kept", out_path)
+
+
 def _cache_one(image_path: str, out_path: str, size: int, bits: int) -> str | None:
-    """Worker (top level so spawn can pickle it): decode, resize, write. Returns an error or None."""
+    """Worker (top level so spawn can pickle it): decode, resize, write. Returns an error or None.
+
+    Raises OSError when the cache itself is full (disk, quota or file size limit).
+    """
     from cxr_assets.ingest.dicom import DicomError
     from cxr_assets.ingest.images import ImageError, decode_image
 
@@ -92,6 +109,10 @@ def _cache_one(image_path: str, out_path: str, size: int, bits: int) -> str | No
         write_png_atomic(resize_and_pad(image, size), Path(out_path), bits)
     except (DicomError, ImageError) as error:
         return str(error).removeprefix(f"{image_path}: ")
+    except OSError as error:
+        if error.errno in DISK_FULL_ERRNOS:
+            raise _disk_full_error(error, out_path) from None
+        return f"cannot cache image ({type(error).__name__}: {error})"
     except Exception as error:  # noqa: BLE001 - one bad image must not stop the run: it is quarantined
         return f"cannot cache image ({type(error).__name__}: {error})"
     return None
@@ -153,7 +174,12 @@ def cache_images(
                     for key, (dicom, out) in todo.items()
                 }
                 for future in as_completed(futures):
-                    if (error := future.result()) is not None:
+                    try:
+                        error = future.result()
+                    except OSError:  # the cache is full: stop now, not after every other image
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
+                    if error is not None:
                         errors[futures[future]] = error
                     done.add(futures[future])
                     bar.update()

@@ -6,6 +6,8 @@ URI (http://..., postgresql://...) from params works unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC
 from pathlib import Path
 
@@ -33,6 +35,30 @@ def artifact_location(params: Params, paths: ProjectPaths) -> str:
     return (path if path.is_absolute() else paths.root / path).as_uri()
 
 
+@contextmanager
+def sqlite_store_lock(uri: str) -> Iterator[None]:
+    """Exclusive flock on `<db>.lock` beside a sqlite store (a no-op for other stores).
+
+    MLflow creates and migrates a sqlite store's schema on first use; two processes doing that
+    at once fail with SQL errors such as "duplicate column name: step", and two that both find
+    the experiment missing collide creating it.
+    """
+    prefix = "sqlite:///"
+    database = uri[len(prefix):] if uri.startswith(prefix) else ""
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if not database or database.startswith(":memory:") or fcntl is None:
+        yield
+        return
+    lock = Path(database).with_name(Path(database).name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released on close, or by the kernel if we die
+        yield
+
+
 def configure_mlflow(params: Params, paths: ProjectPaths):
     """Point MLflow at the configured store; create the experiment once. Returns a client."""
     import mlflow
@@ -42,8 +68,9 @@ def configure_mlflow(params: Params, paths: ProjectPaths):
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     name = params.registry.experiment
-    if mlflow.get_experiment_by_name(name) is None:
-        mlflow.create_experiment(name, artifact_location=artifact_location(params, paths))
+    with sqlite_store_lock(uri):  # first use creates the schema: one process at a time
+        if mlflow.get_experiment_by_name(name) is None:
+            mlflow.create_experiment(name, artifact_location=artifact_location(params, paths))
     mlflow.set_experiment(name)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 

@@ -211,7 +211,7 @@ def openi_xml_text(xml: str | bytes, where: str = "<xml>") -> str:
 
     try:
         root = ET.fromstring(xml)
-    except ET.ParseError as error:
+    except (ET.ParseError, LookupError) as error:  # LookupError: unknown declared encoding
         raise ReportError(f"{where}: not a valid OpenI XML report ({error})") from None
     lines = []
     for node in root.iter("AbstractText"):

@@ -38,7 +38,14 @@ def read_csv(path: Path, what: str, columns: list[str] | None = None) -> pl.Data
     """
     if not path.is_file():
         raise FileNotFoundError(f"{path}: {what} not found")
-    frame = pl.read_csv(path, infer_schema=False, columns=columns, encoding="utf8-lossy")
+    try:
+        frame = pl.read_csv(path, infer_schema=False, columns=columns, encoding="utf8-lossy")
+    except pl.exceptions.NoDataError:
+        raise ValueError(f"{path}: {what} is empty (no header line)") from None
+    except pl.exceptions.PolarsError as error:
+        # Polars' message quotes the offending cell, which may be report text: not repeated here.
+        raise ValueError(f"{path}: {what} is not a well-formed CSV ({type(error).__name__}: "
+                         "a row with more cells than the header, or an unclosed quote?)") from None
     return frame.with_row_index(ROW)
 
 
@@ -65,6 +72,14 @@ def origin(path: Path, row: int) -> str:
 
 def blank(value: str | None) -> bool:
     return value is None or not value.strip()
+
+
+# A NUL byte in a path makes every file-system call raise ValueError: such a row is a stray.
+NUL_PATH = "image path cell contains a NUL byte"
+
+
+def has_nul(*values: str | None) -> bool:
+    return any(value and "\x00" in value for value in values)
 
 
 def conflict_note(studies: list[str], what: str) -> list[str]:

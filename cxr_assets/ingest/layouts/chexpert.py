@@ -22,10 +22,12 @@ from pathlib import Path
 import polars as pl
 
 from cxr_assets.ingest.layouts._csv import (
+    NUL_PATH,
     ROW,
     column_or_null,
     conflict_note,
     csv_header,
+    has_nul,
     option_path,
     origin,
     read_csv,
@@ -129,6 +131,9 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
                 stray.append(Stray(origin(path, row), None, why))
                 continue
             patient, sid = match[1], f"{match[1]}-{match[2]}"
+            if has_nul(rel):
+                stray.append(Stray(origin(path, row), sid, NUL_PATH))
+                continue
             study = studies.get(sid)
             if study is None:
                 study = studies[sid] = StudyFiles(sid, patient, reports.get(sid))

@@ -14,11 +14,13 @@ from pathlib import Path
 import polars as pl
 
 from cxr_assets.ingest.layouts._csv import (
+    NUL_PATH,
     ROW,
     blank,
     column_or_null,
     conflict_note,
     csv_header,
+    has_nul,
     option_path,
     origin,
     read_csv,
@@ -71,6 +73,9 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
         if blank(image):
             why = f"empty image path cell (column {cols.image_path!r})"
             stray.append(Stray(origin(path, row), sid, why))
+            continue
+        if has_nul(image):
+            stray.append(Stray(origin(path, row), sid, NUL_PATH))
             continue
         study = studies.get(sid)
         if study is None:  # the first row of a study names its patient

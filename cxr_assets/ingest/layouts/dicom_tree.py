@@ -15,7 +15,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-# The private pair lets one dcmread serve both the image header and SR / text-tag reading.
+# read_dataset + header_from_dataset: one dcmread serves both the header and SR / text-tag reading.
 from cxr_assets.ingest.dicom import CHEST_BODY_PARTS, DicomError, header_from_dataset, read_dataset
 from cxr_assets.ingest.listing import ImageRef, LayoutListing, ReportRef, Stray, StudyFiles
 from cxr_assets.ingest.phi import pseudonymize

@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from cxr_assets.ingest.layouts._csv import (
+    NUL_PATH,
     ROW,
     blank,
     csv_header,
+    has_nul,
     option_path,
     origin,
     read_csv,
@@ -74,8 +76,9 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
     for row, uid, filename, projection in projections.select(
             ROW, "uid", "filename", "projection").iter_rows():
         uid = (uid or "").strip()
-        if not uid or blank(filename):
-            why = "projection row without uid" if not uid else "projection row without filename"
+        if not uid or blank(filename) or has_nul(filename):
+            why = ("projection row without uid" if not uid else "projection row without filename"
+                   if blank(filename) else NUL_PATH)
             stray.append(Stray(origin(projections_csv, row), f"CXR{uid}" if uid else None, why))
             continue
         filename = filename.strip()

@@ -64,7 +64,7 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
         try:
             data = path.read_bytes()
             tree = ET.fromstring(data)
-        except (OSError, ET.ParseError) as error:
+        except (OSError, ET.ParseError, LookupError) as error:  # LookupError: unknown encoding
             stray.append(Stray(str(path), None, f"not a readable OpenI XML file ({error})"))
             continue
         uid = tree.find("uId")

@@ -14,9 +14,11 @@ from pathlib import Path
 import polars as pl
 
 from cxr_assets.ingest.layouts._csv import (
+    NUL_PATH,
     ROW,
     conflict_note,
     csv_header,
+    has_nul,
     option_path,
     origin,
     read_csv,
@@ -55,8 +57,10 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
     root = option_path(raw_dir, options.images_root, raw_dir)
 
     # Report and disagreements per study, grouped by polars over the rows that place an image.
-    placed = frame.filter(pl.col("StudyID").str.strip_chars().str.len_chars() > 0,
-                          pl.col("ImageID").str.strip_chars().str.len_chars() > 0)
+    # Ids stripped once, here: grouping and placing must agree on them (" S1" is "S1").
+    frame = frame.with_columns(pl.col("StudyID", "ImageID").str.strip_chars())
+    placed = frame.filter(pl.col("StudyID").str.len_chars() > 0,
+                          pl.col("ImageID").str.len_chars() > 0)
     text = pl.col("Report").str.strip_chars()
     per_study = (
         placed.with_columns(filled=text.str.len_chars().fill_null(0) > 0)
@@ -73,15 +77,16 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
     stray: list[Stray] = []
     for row, image_id, image_dir, sid, pid, projection in frame.select(
             ROW, *COLUMNS[:5]).iter_rows():
-        sid = (sid or "").strip()
-        if not sid or not (image_id or "").strip():
+        if not sid or not image_id:
             why = "row without StudyID" if not sid else "row without ImageID"
             stray.append(Stray(origin(path, row), sid or None, why))
+            continue
+        if has_nul(image_id, image_dir):
+            stray.append(Stray(origin(path, row), sid, NUL_PATH))
             continue
         study = studies.get(sid)
         if study is None:
             study = studies[sid] = StudyFiles(sid, (pid or "").strip() or sid, report_of[sid])
-        image_id = image_id.strip()
         study.images.append(ImageRef(root.joinpath((image_dir or "").strip(), image_id),
                                      image_id=image_id, view_hint=projection))
 

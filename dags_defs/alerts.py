@@ -87,7 +87,7 @@ def post_webhook(url: str, record: dict, timeout: float = WEBHOOK_TIMEOUT_S) -> 
         url, data=body, method="POST",
         headers={"Content-Type": "application/json", "User-Agent": "cxr-alerts"},
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 - operator-set URL
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         return int(response.status)
 
 

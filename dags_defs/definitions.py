@@ -17,6 +17,7 @@ from dagster import (
     sensor,
 )
 
+from dags_defs.alerts import run_failure_alerts
 from dags_defs.assets import ingest_batch_asset, ingest_batches, pipeline_assets, reevaluation_asset
 from dags_defs.resources import DvcRecorder, PipelineConfig
 
@@ -92,7 +93,7 @@ defs = Definitions(
     assets=[*pipeline_assets, reevaluation_asset, ingest_batch_asset],
     jobs=[cxr_pipeline, champion_reevaluation_job, ingest_batch_job],
     schedules=[champion_reevaluation],
-    sensors=[new_ingest_batch_sensor, new_data_batch_sensor],
+    sensors=[new_ingest_batch_sensor, new_data_batch_sensor, run_failure_alerts],
     resources={"pipeline": PipelineConfig(), "dvc": DvcRecorder()},
     executor=in_process_executor,
 )

@@ -533,7 +533,7 @@ class CatalogWriteLock:
         except ImportError:  # no flock (Windows): one writer assumed, as before
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a")  # noqa: SIM115 - closed in __exit__
+        self._handle = open(self.path, "a")  # closed (lock released) in __exit__
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:

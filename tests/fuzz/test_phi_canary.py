@@ -147,8 +147,9 @@ def plant_dicom_canaries(raw: Path, every: int = 5) -> list[Path]:
     from pydicom import config
 
     planted = sorted(raw.rglob("*.dcm"))[::every]
-    before = config.settings.writing_validation_mode
-    config.settings.writing_validation_mode = config.IGNORE  # planting must not warn the values
+    before = config.settings.reading_validation_mode, config.settings.writing_validation_mode
+    # Planting must not warn the values itself (pydicom checks a new element with either mode).
+    config.settings.reading_validation_mode = config.settings.writing_validation_mode = config.IGNORE
     try:
         for path in planted:
             ds = pydicom.dcmread(path)
@@ -156,7 +157,7 @@ def plant_dicom_canaries(raw: Path, every: int = 5) -> list[Path]:
                 setattr(ds, keyword, value)
             ds.save_as(path)
     finally:
-        config.settings.writing_validation_mode = before
+        config.settings.reading_validation_mode, config.settings.writing_validation_mode = before
     return planted
 
 

@@ -128,8 +128,9 @@ def cache_images(
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Decode every catalogued image into the PNG cache; skip keys already cached.
 
-    Returns (study_images = images + cache_path, cache_key, was_cached; quarantine rows for
-    images that failed to decode, stage "study_images").
+    Returns (study_images = images + cache_path, cache_key, was_cached, pixel_sha256;
+    quarantine rows, stage "study_images", for images that failed to decode and for images whose
+    pixels are identical to an earlier one's).
     """
     if bits not in (8, 16):
         raise ValueError(f"cache bits must be 8 or 16, got {bits}")
@@ -196,16 +197,36 @@ def cache_images(
         pl.Series("was_cached", was_cached, dtype=pl.Boolean),
     )
     failed = pl.Series(keys).is_in(list(errors))
+    reasons = [errors[row["cache_key"]] for row in table.filter(failed).iter_rows(named=True)]
+    rejected = table.filter(failed)
+    table = table.filter(~failed)
+
+    # Different files can hold the same pixels (a re-encoded or re-exported copy): the catalog
+    # only sees different bytes, the cache sees identical images. Keep the first, quarantine the rest.
+    table = table.with_columns(
+        pl.Series("pixel_sha256", [_pixel_digest(p) for p in table["cache_path"].to_list()],
+                  dtype=pl.String))
+    first_of = {}
+    twin_of: list[str | None] = []
+    for digest, path in zip(table["pixel_sha256"].to_list(), table["image_path"].to_list()):
+        twin_of.append(first_of.get(digest))
+        first_of.setdefault(digest, path)
+    twins = pl.Series(twin_of, dtype=pl.String)
+    duplicate = twins.is_not_null()
+    rejected = pl.concat([rejected.with_columns(pl.lit(None, dtype=pl.String).alias("pixel_sha256")),
+                          table.filter(duplicate)])
+    reasons += [f"duplicate image: identical pixels to {twin}" for twin in twins.filter(duplicate)]
     quarantine = pl.DataFrame(
-        [
-            {
-                "path": row["image_path"],
-                "study_id": row["study_id"],
-                "reason": errors[row["cache_key"]],
-                "stage": STAGE,
-            }
-            for row in table.filter(failed).iter_rows(named=True)
-        ],
+        {"path": rejected["image_path"], "study_id": rejected["study_id"],
+         "reason": pl.Series(reasons, dtype=pl.String), "stage": [STAGE] * rejected.height},
         schema=QUARANTINE_SCHEMA,
     )
-    return table.filter(~failed), quarantine
+    return table.filter(~duplicate), quarantine
+
+
+def _pixel_digest(cache_path: str) -> str:
+    """sha256 of a cached image's pixels (PNG decode is cheap; the DICOM is not read again)."""
+    from PIL import Image
+
+    with Image.open(cache_path) as image:
+        return hashlib.sha256(image.tobytes()).hexdigest()

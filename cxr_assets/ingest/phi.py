@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 # PS3.15 Annex E basic-profile attributes that hold identifying *values* (UIDs are remapped
@@ -43,25 +42,9 @@ def _is_empty(value) -> bool:
         return not str(value).strip()
 
 
-@contextmanager
-def _values_unvalidated():
-    """pydicom validates a value as it converts it, and its warning and log line quote the value
-    (a PatientBirthDate written "1970-01-01" would reach the logs): off while PHI tags are read.
-    Process-wide, like every pydicom setting; ingestion reads headers in one thread per process."""
-    from pydicom import config
-
-    before = config.settings.reading_validation_mode
-    config.settings.reading_validation_mode = config.IGNORE
-    try:
-        yield
-    finally:
-        config.settings.reading_validation_mode = before
-
-
 def _tag_value(ds, keyword: str):
     try:
-        with _values_unvalidated():
-            return ds[keyword].value
+        return ds[keyword].value
     except KeyError:
         return None
     except Exception:  # noqa: BLE001 - pydicom raises many types on odd values; keep the raw bytes

@@ -34,7 +34,7 @@ DICOM_CANARIES = {
     "InstitutionName": "Qqqzyx Canaryhospital",
     "ReferringPhysicianName": "Qqqreferrer^Zyxwvutdoc",
     "AccessionNumber": "ACCQQZ99887766",
-    # Not DICOM's YYYYMMDD, as real exports have: pydicom's value check would quote it in a log.
+    # Not DICOM's YYYYMMDD, as some exports write it (pydicom quotes bad values it checks).
     "PatientBirthDate": "1961-03-14",
 }
 REPORT_CANARY = "Dictated by Dr. Zyxwvut Canary on 03/14/2021, MRN 98765432, call 555-867-5309."

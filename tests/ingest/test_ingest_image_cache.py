@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
 import pytest
@@ -24,7 +26,7 @@ def test_cache_writes_padded_pngs_and_second_run_decodes_nothing(mimic_tree, tmp
     assert quarantine.height == 0
     assert first.height == images.height
     assert not first["was_cached"].any()
-    assert first.columns == [*images.columns, "cache_path", "cache_key", "was_cached"]
+    assert first.columns == [*images.columns, "cache_path", "cache_key", "was_cached", "pixel_sha256"]
     for row in first.iter_rows(named=True):
         assert row["cache_path"].endswith(f"{row['cache_key'][:2]}/{row['cache_key']}.png")
         with Image.open(row["cache_path"]) as png:
@@ -94,3 +96,20 @@ def test_resize_and_pad_keeps_aspect():
     padded = resize_and_pad(tall, 10)
     assert padded.shape == (10, 10)
     assert padded[:, :2].max() == 0.0 and padded[:, 3:7].min() == pytest.approx(1.0, abs=1e-3)
+
+
+def test_identical_pixels_in_different_files_are_quarantined(tmp_path):
+
+    study = tmp_path / "raw" / "files" / "p10" / "p10000001" / "s50000001"
+    pixels = gradient(24, 24, 255, np.uint8)
+    write_dicom(study / "a.dcm", pixels, sop_uid="1.2.826.0.9.1")
+    write_dicom(study / "b.dcm", pixels, sop_uid="1.2.826.0.9.2")  # same pixels, other UID/bytes
+    write_dicom(study / "c.dcm", gradient(24, 24, 100, np.uint8), sop_uid="1.2.826.0.9.3")
+    (study.parent / "s50000001.txt").write_text("IMPRESSION: Normal.")
+    catalog = scan_mimic_layout(tmp_path / "raw", progress=False)
+    assert catalog.images.height == 3  # different bytes: the catalog cannot tell
+    cached, quarantine = cache_images(catalog.images, tmp_path / "cache", size=16, workers=1,
+                                      progress=False)
+    assert sorted(Path(p).name for p in cached["image_path"]) == ["a.dcm", "c.dcm"]
+    assert quarantine["reason"].to_list() == [f"duplicate image: identical pixels to {study / 'a.dcm'}"]
+    assert cached["pixel_sha256"].n_unique() == 2

@@ -249,6 +249,7 @@ def test_flatten_overrides():
                 "cache_path": pl.String,
                 "cache_key": pl.String,
                 "was_cached": pl.Boolean,
+                "pixel_sha256": pl.String,
             },
         ),
         ("study_splits", {"study_id": pl.String, "patient_id": pl.String, "split": pl.String}),

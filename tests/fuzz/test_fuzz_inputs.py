@@ -120,8 +120,8 @@ def _huge(unit: st.SearchStrategy[str], low: int, high: int) -> st.SearchStrateg
     return st.builds(lambda s, n: s * n, unit, st.integers(low, high))
 
 
-# Huge single lines. The labeler is quadratic in the mentions of one clause (see the report of
-# this suite), so its texts are kept to a few thousand characters; the splitter gets 100k.
+# Huge single lines. label_text is quadratic in the mentions of one clause (40k characters of
+# "effusion, " take about 30 s), so its texts stay under ~6k characters; the splitter gets 100k.
 _huge_line = _huge(st.one_of(st.sampled_from(_ODD + _MENTIONS + _NEGATION_CUES), _header,
                              st.text(min_size=1, max_size=6)), 200, 4000)
 REPORT_TEXT = st.one_of(st.text(), st.text(st.characters(exclude_categories=()), max_size=50),
@@ -572,6 +572,25 @@ def test_malformed_manifest_is_a_clear_value_error(tmp_path, content):
     (tmp_path / "manifest.csv").write_bytes(content)
     with pytest.raises(ValueError, match="manifest.csv"):
         _list("csv_manifest", tmp_path)
+
+
+@pytest.mark.parametrize("layout, files, message", [
+    ("iu_xray", {"indiana_reports.csv": b"uid,findings\n1,x\n",
+                 "indiana_projections.csv": b"uid,filename,projection\n1,a.png,PA\n"},
+     "indiana_reports.csv: missing column"),
+    ("iu_xray", {"indiana_reports.csv": b"uid,findings,impression\n1,x,y\n",
+                 "indiana_projections.csv": b""}, "indiana_projections.csv: missing column"),
+    ("padchest", {"PADCHEST_x.csv": b"ImageID,StudyID\na.png,S1\n"}, "PADCHEST_x.csv: missing column"),
+    ("padchest", {"PADCHEST_x.csv": b""}, "PADCHEST_x.csv: missing column"),
+    ("padchest", {"PADCHEST_x.csv": b"ImageID,ImageDir,StudyID,PatientID,Projection,Report\n"
+                                    b"a.png,0,S1,P1,PA,ok,one cell too many\n"},
+     "PADCHEST_x.csv: PadChest CSV .* not a well-formed CSV"),
+])
+def test_structurally_wrong_layout_csvs_are_clear_value_errors(tmp_path, layout, files, message):
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        _list(layout, tmp_path)
 
 
 IU_REPORT_COLUMNS = ["uid", "MeSH", "indication", "comparison", "findings", "impression"]

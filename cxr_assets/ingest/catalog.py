@@ -182,6 +182,8 @@ class _Catalogue:
             return None, "image file not found"
         except OSError as error:
             return None, f"cannot read file ({error.strerror or error})"
+        except ValueError:  # e.g. an embedded NUL byte from a CSV cell
+            return None, "invalid file path"
         if not path.is_file():
             return None, "not a regular file"
         before = self.previous.get(str(path))

@@ -92,6 +92,11 @@ def read_dataset(path: Path, stop_before_pixels: bool):
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    # pydicom's value-validation warnings quote the raw bytes of a broken element, which can be
+    # a patient name: they would reach logs and Dagster's captured output. Bad values surface
+    # as DicomError reasons instead (which never quote values).
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
     if not path.is_file():
         raise DicomError(f"{path}: file not found")
     if path.stat().st_size == 0:

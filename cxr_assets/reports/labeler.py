@@ -387,10 +387,16 @@ def label_text(text: str) -> dict[str, float | None]:
 LABELS_SCHEMA: dict[str, pl.DataType] = {o: pl.Float64 for o in CHEXPERT_OBSERVATIONS}
 
 
+# Mention scoping grows with (mentions per clause)^2: a pathological multi-page cell must not
+# stall a stage. Real reports are far shorter (quality.max_report_chars defaults to 4,000).
+MAX_LABEL_CHARS = 20_000
+
+
 def label_reports(texts: list[str]) -> pl.DataFrame:
     """One Float64 column per CheXpert observation, one row per text, in input order.
 
     None or empty texts get all-null rows (nothing is mentioned, and no claim of "No Finding").
+    Texts are labelled on their first MAX_LABEL_CHARS characters.
     """
     if isinstance(texts, str):
         raise TypeError("label_reports needs a list of texts, got one str")
@@ -399,5 +405,5 @@ def label_reports(texts: list[str]) -> pl.DataFrame:
         if text is None or not str(text).strip():
             rows.append({o: None for o in CHEXPERT_OBSERVATIONS})
         else:
-            rows.append(label_text(str(text)))
+            rows.append(label_text(str(text)[:MAX_LABEL_CHARS]))
     return pl.DataFrame(rows, schema=LABELS_SCHEMA)

@@ -117,7 +117,10 @@ class DualTowerClip(nn.Module):
             pretrained_path=vision_pretrained_path,
             image_size=config.image_size,
         )
-        self.visual_proj = nn.Linear(self.visual.num_features, config.embed_dim)
+        # Pooled output width: timm models with a pre-logits head (MobileNetV3, ...) emit
+        # head_hidden_size features, not num_features.
+        width = getattr(self.visual, "head_hidden_size", None) or self.visual.num_features
+        self.visual_proj = nn.Linear(width, config.embed_dim)
         if config.text_adapter == "mlp":
             self.text_adapter = ResidualMlpAdapter(
                 config.text_dim, config.embed_dim, config.adapter_blocks

@@ -226,11 +226,51 @@ def _modality_range(ds) -> tuple[float, float]:
     return lo, hi
 
 
-def decode_pixels(path: Path) -> np.ndarray:
+JPEG2000_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+
+
+def _j2k_half_resolution(ds, target_size: int | None) -> np.ndarray | None:
+    """Stored values of a JPEG 2000 image decoded at half resolution, or None.
+
+    A JPEG 2000 codestream holds its image as wavelet levels: decoding one level less costs a
+    quarter of the work (3-4x faster on a 2k radiograph) and loses nothing once the image is
+    resized to `target_size`, as long as the half-size image is still >= 2x that size. Only
+    unsigned single-component images; anything unexpected returns None (full decode instead).
+    """
+    if not target_size or ds.file_meta.get("TransferSyntaxUID") not in JPEG2000_SYNTAXES:
+        return None
+    if int(ds.get("PixelRepresentation", 0)) != 0 or max(int(ds.Rows), int(ds.Columns)) < 4 * target_size:
+        return None
+    try:
+        import io
+
+        import openjpeg
+        from PIL import Image
+        from pydicom.encaps import generate_frames
+
+        frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+        info = openjpeg.get_parameters(frame)
+        if info["is_signed"] or info["samples_per_pixel"] != 1 or info["precision"] > 16:
+            return None
+        with Image.open(io.BytesIO(frame)) as image:
+            image.reduce = 1  # Pillow's JPEG 2000 reduction; deeper levels mis-size odd widths
+            image.load()
+            values = np.asarray(image)
+        if image.mode.startswith("I;16"):
+            # Pillow scales stored precision up to 16 bits: shift back to the stored values.
+            values = values >> (16 - info["precision"])
+        return values.astype(np.uint16 if info["precision"] > 8 else np.uint8)
+    except Exception:  # noqa: BLE001 - any surprise: the standard full decode decides
+        return None
+
+
+def decode_pixels(path: Path, target_size: int | None = None) -> np.ndarray:
     """Decode a single-frame monochrome DICOM to float32 in [0, 1], bright = dense.
 
     Applies Modality LUT (rescale) and the first VOI LUT or window, masks values to BitsStored
     and inverts MONOCHROME1. Raises DicomError for multi-frame, colour or undecodable files.
+    `target_size` (the side the caller will resize to) lets large JPEG 2000 images decode at
+    half resolution.
     """
     path = Path(path)
     ds = read_dataset(path, stop_before_pixels=False)
@@ -242,7 +282,9 @@ def decode_pixels(path: Path) -> np.ndarray:
     if "PixelData" not in ds:
         raise DicomError(f"{path}: no pixel data")
     try:
-        raw = ds.pixel_array
+        raw = _j2k_half_resolution(ds, target_size)
+        if raw is None:
+            raw = ds.pixel_array
     except Exception as error:  # noqa: BLE001 - decoder plugins raise their own types
         raise DicomError(
             f"{path}: cannot decode pixels ({type(error).__name__}: {error})"

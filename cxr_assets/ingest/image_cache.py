@@ -25,7 +25,8 @@ from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
 STAGE = "study_images"
 # Bump when the decoding or resizing code changes what a cached PNG contains.
 # 2: integer pre-reduction before Lanczos (REDUCING_GAP); PNG compress level 1 (pixels unchanged).
-PREPROCESS_VERSION = "2"
+# 3: large JPEG 2000 images decoded at half resolution (dicom._j2k_half_resolution).
+PREPROCESS_VERSION = "3"
 RESAMPLE = "lanczos"
 PAD = "center-black"
 # Pillow's resize(reducing_gap=...): box-reduce by an integer factor while the remaining scale
@@ -105,7 +106,7 @@ def _cache_one(image_path: str, out_path: str, size: int, bits: int) -> str | No
     from cxr_assets.ingest.images import ImageError, decode_image
 
     try:
-        image = decode_image(Path(image_path))
+        image = decode_image(Path(image_path), target_size=size)
         write_png_atomic(resize_and_pad(image, size), Path(out_path), bits)
     except (DicomError, ImageError) as error:
         return str(error).removeprefix(f"{image_path}: ")

@@ -86,7 +86,8 @@ def decode_raster(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot decode image ({error})") from None
 
 
-def decode_image(path: Path) -> np.ndarray:
+def decode_image(path: Path, target_size: int | None = None) -> np.ndarray:
+    """Display-ready float32 [0, 1]; `target_size` allows a cheaper decode for a smaller output."""
     if image_format(path) == "dicom":
-        return decode_pixels(Path(path))
+        return decode_pixels(Path(path), target_size=target_size)
     return decode_raster(Path(path))

@@ -184,3 +184,18 @@ def test_imager_pixel_spacing_is_kept_when_pixel_spacing_is_absent(tmp_path):
     assert read_header(path).pixel_spacing is None
     _edit(path, ImagerPixelSpacing=[0.15, 0.148])
     assert read_header(path).pixel_spacing == "0.15\\0.148"
+
+
+@pytest.mark.shared_data
+@needs_shared(RG1_J2KR)
+def test_large_jpeg2000_decodes_at_half_resolution_for_a_small_cache():
+    from cxr_assets.ingest.image_cache import resize_and_pad
+
+    full = decode_pixels(RG1_J2KR)
+    half = decode_pixels(RG1_J2KR, target_size=224)
+    assert full.shape == (1955, 1841) and half.shape == (978, 921)
+    a, b = resize_and_pad(full, 224), resize_and_pad(half, 224)
+    # Same image once resized: well under one 8-bit grey level on average, small worst case.
+    assert np.abs(a - b).mean() < 1 / 255 and np.abs(a - b).max() < 0.05
+    # A target too large for a halved image keeps the full decode.
+    assert decode_pixels(RG1_J2KR, target_size=1024).shape == (1955, 1841)

@@ -15,7 +15,7 @@ Stages, each timed in a fresh subprocess so its peak RSS is its own:
                 (ingest.image_size, default 224), then the study_images Parquet write;
   3. reports:   parse_reports of the catalog's reports joined with studies, Parquet write;
   4. embed:     the trained text encoder (artifacts/text_encoder) over every parsed report in
-                batches (encode_with_cache into an empty cache + the embeddings Parquet, as the
+                chunks (embed_table into an empty cache, streamed to the embeddings Parquet, as the
                 report_embeddings stage does); skipped, and said so, when the encoder is missing.
 Per stage: seconds (the stage call only; imports and model load excluded and shown apart),
 studies/s (and images/s for the image cache), peak RSS of the stage process (VmHWM), its RSS
@@ -24,7 +24,9 @@ and for the image cache the peak RSS of the largest pool worker (RUSAGE_CHILDREN
 
 Other settings: CXR_BENCH_LOAD_STAGES (comma list, default catalog,images,reports,embed),
 CXR_BENCH_LOAD_SIZES (comma list of study counts, overrides N/10 and N),
-CXR_BENCH_LOAD_KEEP=1 keeps the temporary data, CXR_BENCH_LOAD_THREADS (torch threads, 2).
+CXR_BENCH_LOAD_KEEP=1 keeps the temporary data, CXR_BENCH_LOAD_DATA=<folder> generates into
+<folder>/<N>/raw once and reuses it (and the stage outputs) on later runs, so stages can be
+re-measured one at a time; CXR_BENCH_LOAD_THREADS (torch threads, 2).
 Writes benchmarks/results/load.json.
 """
 
@@ -124,9 +126,7 @@ def stage_reports(work: Path):
 
 
 def stage_embed(work: Path):
-    import polars as pl
-
-    from cxr_assets.embed.text_cache import encode_with_cache
+    from cxr_assets.embed.text_cache import embed_table
     from cxr_assets.text.encoder import TextEncoder
 
     threads = int(os.environ.get("CXR_BENCH_LOAD_THREADS", "2"))
@@ -135,17 +135,14 @@ def stage_embed(work: Path):
     load_s = time.perf_counter() - t0
 
     def run() -> dict:
-        # As stages/report_embeddings.py does, with an empty embedding cache (everything encoded).
-        reports = pl.read_parquet(work / "catalog" / "report_texts.parquet").sort("study_id")
-        texts = reports["report_for_training"].fill_null("").to_list()
-        vectors, n_computed = encode_with_cache(
-            encoder, texts, encoder.instruction or None, work / "embedding_cache",
-            batch_size=EMBED_BATCH, progress=False)
-        table = reports.select("study_id", "patient_id").with_columns(
-            pl.Series("embedding", vectors.tolist(), dtype=pl.Array(pl.Float32, vectors.shape[1])),
-            pl.lit(encoder.content_hash).alias("encoder_hash"))
-        table.write_parquet(work / "catalog" / "report_embeddings.parquet")
-        return {"studies": reports.height, "encoded": n_computed, "dim": int(vectors.shape[1]),
+        # As stages/report_embeddings.py does, into an empty embedding cache (everything encoded).
+        cache = work / "embedding_cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        summary = embed_table(
+            encoder, work / "catalog" / "report_texts.parquet", "report_for_training",
+            ["study_id", "patient_id"], work / "catalog" / "report_embeddings.parquet", cache,
+            instruction=encoder.instruction or None, batch_size=EMBED_BATCH, progress=False)
+        return {"studies": summary.n_rows, "encoded": summary.n_computed, "dim": summary.dim,
                 "model_load_s": round(load_s, 2), "threads": threads, "batch_size": EMBED_BATCH}
 
     return run
@@ -272,11 +269,19 @@ def main() -> None:
     rows: list[dict] = []
     generated = {}
     for n in sizes:
-        work = Path(tempfile.mkdtemp(prefix=f"cxr_bench_load_{n}_"))
+        data_root = os.environ.get("CXR_BENCH_LOAD_DATA")
+        work = Path(data_root) / str(n) if data_root else Path(tempfile.mkdtemp(prefix=f"cxr_bench_load_{n}_"))
         try:
-            generated[n] = generate(n, work / "raw")
-            print(f"N={n}: generated {generated[n]['n_images']} images in "
-                  f"{generated[n]['seconds_not_timed']} s (not timed)", flush=True)
+            if data_root and (work / "raw").is_dir():
+                generated[n] = {"n_studies": n, "n_images": None, "seconds_not_timed": 0.0,
+                                "reused": str(work / "raw")}
+            else:
+                generated[n] = generate(n, work / "raw")
+            if "reused" in generated[n]:
+                print(f"N={n}: reusing the demo data in {generated[n]['reused']}", flush=True)
+            else:
+                print(f"N={n}: generated {generated[n]['n_images']} images in "
+                      f"{generated[n]['seconds_not_timed']} s (not timed)", flush=True)
             for stage in stages:
                 figures = run_stage(stage, work, n) | {"n": n}
                 rows.append(figures)
@@ -284,7 +289,7 @@ def main() -> None:
                       f"peak {figures['peak_rss_mib']:.0f} MiB (base {figures['baseline_rss_mib']:.0f})",
                       flush=True)
         finally:
-            if keep:
+            if keep or data_root:
                 print(f"  kept {work}")
             else:
                 shutil.rmtree(work, ignore_errors=True)

@@ -1,17 +1,30 @@
-"""Report-embedding cache keyed by (text hash, encoder hash).
+"""Report-embedding cache keyed by (text hash, encoder hash), and the streamed embeddings table.
 
 Re-materializing report_embeddings with unchanged reports and an unchanged encoder encodes
 nothing; a changed report re-encodes only that report.
+
+Memory stays bounded at any number of reports: the cache is a folder of Parquet shards per
+encoder hash (one shard per encoded chunk, written as soon as the chunk is done, so a killed run
+keeps what it finished), and only the text hashes are held in memory as an index. The
+embeddings table is assembled and written one chunk of reports at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Reports encoded and written per step: bounds memory (texts, token ids, vectors of one chunk).
+CHUNK_SIZE = 4096
 
 
 def text_hash(text: str, instruction: str | None) -> str:
@@ -20,48 +33,155 @@ def text_hash(text: str, instruction: str | None) -> str:
 
 
 class EmbeddingCache:
-    """One Parquet file per encoder hash: text_hash -> float32 vector."""
+    """Parquet shards `<cache_dir>/<encoder_hash>/part-*.parquet`: text_hash -> float32 vector.
+
+    A single file `<cache_dir>/<encoder_hash>.parquet` (the earlier layout) is read as one more
+    shard. Only the index (text hash -> shard) lives in memory; vectors are read per shard.
+    """
 
     def __init__(self, cache_dir: Path, encoder_hash: str):
-        self.file = Path(cache_dir) / f"{encoder_hash}.parquet"
-        self._vectors: dict[str, np.ndarray] = {}
-        if self.file.exists():
-            frame = pl.read_parquet(self.file)
-            for key, vec in zip(frame["text_hash"], frame["embedding"]):
-                self._vectors[key] = np.asarray(vec, dtype=np.float32)
+        self.folder = Path(cache_dir) / encoder_hash
+        self.legacy_file = Path(cache_dir) / f"{encoder_hash}.parquet"
+        self._shard_of: dict[str, Path] = {}
+        for shard in self.shards():
+            for key in pq.read_table(shard, columns=["text_hash"]).column("text_hash").to_pylist():
+                self._shard_of.setdefault(key, shard)
+
+    def shards(self) -> list[Path]:
+        found = sorted(self.folder.glob("part-*.parquet")) if self.folder.is_dir() else []
+        return ([self.legacy_file] if self.legacy_file.is_file() else []) + found
 
     def __len__(self) -> int:
-        return len(self._vectors)
+        return len(self._shard_of)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._shard_of
 
     def missing(self, keys: list[str]) -> list[str]:
-        return [k for k in dict.fromkeys(keys) if k not in self._vectors]
+        """Keys not cached yet, each once, in first-seen order."""
+        return [k for k in dict.fromkeys(keys) if k not in self._shard_of]
 
-    def add(self, keys: list[str], vectors: np.ndarray) -> None:
-        for key, vec in zip(keys, vectors):
-            self._vectors[key] = np.asarray(vec, dtype=np.float32)
+    def add(self, keys: list[str], vectors: np.ndarray) -> Path:
+        """Write one shard atomically (tmp + rename) and index it."""
+        if len(keys) != len(vectors):
+            raise ValueError(f"{len(keys)} keys for {len(vectors)} vectors")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        shard = self.folder / f"part-{len(self.shards()):05d}-{uuid.uuid4().hex[:8]}.parquet"
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        table = pa.table({"text_hash": pa.array(keys, pa.string()),
+                          "embedding": _fixed_size_list(vectors)})
+        tmp = shard.with_name(f".{shard.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, shard)
+        for key in keys:
+            self._shard_of.setdefault(key, shard)
+        return shard
 
     def get(self, keys: list[str]) -> np.ndarray:
-        return np.stack([self._vectors[k] for k in keys]).astype(np.float32)
+        """Vectors for keys (input order; repeats allowed), reading only the shards involved."""
+        unknown = [k for k in keys if k not in self._shard_of]
+        if unknown:
+            raise KeyError(f"{len(unknown)} text hashes are not in the cache, e.g. {unknown[0]}")
+        by_shard: dict[Path, set[str]] = {}
+        for key in keys:
+            by_shard.setdefault(self._shard_of[key], set()).add(key)
+        found: dict[str, np.ndarray] = {}
+        for shard, wanted in by_shard.items():
+            table = pq.read_table(shard, filters=[("text_hash", "in", list(wanted))])
+            matrix = _to_matrix(table.column("embedding"))
+            for key, row in zip(table.column("text_hash").to_pylist(), matrix):
+                found.setdefault(key, row)
+        return np.stack([found[k] for k in keys]) if keys else np.empty((0, 0), np.float32)
 
-    def save(self) -> None:
-        self.file.parent.mkdir(parents=True, exist_ok=True)
-        keys = list(self._vectors)
-        frame = pl.DataFrame({"text_hash": keys, "embedding": [self._vectors[k].tolist() for k in keys]})
-        tmp = self.file.with_name(f".{self.file.name}.tmp")
-        frame.write_parquet(tmp)
-        os.replace(tmp, self.file)
+
+def _fixed_size_list(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
 
 
-def encode_with_cache(encoder, texts: list[str], instruction: str | None, cache_dir: Path,
-                      batch_size: int = 16, progress: bool = True) -> tuple[np.ndarray, int]:
-    """Embeddings for `texts` (input order) and how many had to be computed."""
+def _to_matrix(column: pa.ChunkedArray) -> np.ndarray:
+    column = column.combine_chunks()
+    width = column.type.list_size if pa.types.is_fixed_size_list(column.type) else None
+    flat = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    if width is None:  # a variable-size list column (older cache files)
+        width = len(flat) // max(len(column), 1)
+    return flat.reshape(len(column), width)
+
+
+@dataclass
+class EmbeddingSummary:
+    n_rows: int
+    n_computed: int
+    dim: int
+
+
+def _chunks(table_file: Path, columns: list[str], chunk_size: int) -> Iterator[pl.DataFrame]:
+    for batch in pq.ParquetFile(table_file).iter_batches(batch_size=chunk_size, columns=columns):
+        yield pl.from_arrow(batch)
+
+
+def embed_table(
+    encoder,
+    table_file: Path,
+    text_column: str,
+    keep_columns: list[str],
+    out_file: Path,
+    cache_dir: Path,
+    instruction: str | None,
+    batch_size: int = 16,
+    chunk_size: int = CHUNK_SIZE,
+    progress: bool = True,
+) -> EmbeddingSummary:
+    """Embed `text_column` of a Parquet table into `out_file`, one chunk of rows at a time.
+
+    The output keeps `keep_columns` and the input's row order, adds `embedding`
+    (Array(Float32, dim)) and `encoder_hash`, and is written atomically (tmp + rename). Texts
+    already in the cache are not encoded again; new vectors are added to the cache per chunk.
+    """
+    from tqdm.auto import tqdm
+
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    n_total = pq.ParquetFile(table_file).metadata.num_rows
     cache = EmbeddingCache(cache_dir, encoder.content_hash)
-    keys = [text_hash(t, instruction) for t in texts]
-    todo = cache.missing(keys)
-    if todo:
-        by_key = {k: t for k, t in zip(keys, texts)}
-        vectors = encoder.encode([by_key[k] for k in todo], instruction=instruction,
-                                 batch_size=batch_size, progress=progress)
-        cache.add(todo, vectors)
-        cache.save()
-    return cache.get(keys), len(todo)
+    out_file = Path(out_file)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    writer = None
+    n_rows = n_computed = 0
+    bar = tqdm(total=n_total, desc="report_embeddings", unit="report", disable=not progress)
+    try:
+        for chunk in _chunks(table_file, [*keep_columns, text_column], chunk_size):
+            texts = chunk[text_column].fill_null("").to_list()
+            keys = [text_hash(t, instruction) for t in texts]
+            todo = cache.missing(keys)
+            if todo:
+                first_text = dict(zip(reversed(keys), reversed(texts)))
+                vectors = encoder.encode([first_text[k] for k in todo], instruction=instruction,
+                                         batch_size=batch_size, progress=False)
+                cache.add(todo, vectors)
+                n_computed += len(todo)
+            vectors = cache.get(keys)
+            frame = chunk.select(keep_columns).with_columns(
+                pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, encoder.dim)),
+                pl.lit(encoder.content_hash).alias("encoder_hash"))
+            arrow = frame.to_arrow()
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, arrow.schema)
+            writer.write_table(arrow)
+            n_rows += frame.height
+            bar.update(frame.height)
+        if writer is None:  # an empty input still gets a table with the right schema
+            schema = pl.read_parquet_schema(table_file)
+            empty = pl.DataFrame(schema={c: schema[c] for c in keep_columns}
+                                 | {"embedding": pl.Array(pl.Float32, encoder.dim), "encoder_hash": pl.String})
+            empty.write_parquet(tmp)
+        else:
+            writer.close()
+            writer = None
+        os.replace(tmp, out_file)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+        tmp.unlink(missing_ok=True)
+    return EmbeddingSummary(n_rows=n_rows, n_computed=n_computed, dim=encoder.dim)

@@ -99,7 +99,9 @@ def test_stages_train_on_variants_evaluate_log_and_cache(tiny_dir: Path, tmp_pat
     again = report_embeddings.run(params, paths, progress=False)
     assert again.metadata["n_encoded_now"] == 0  # unchanged reports: nothing re-encoded
     stored = pl.read_parquet(paths.report_embeddings_table)
-    texts = pl.read_parquet(paths.report_texts_table).sort("study_id")["report_for_training"].to_list()
+    assert stored.schema["embedding"] == pl.Array(pl.Float32, stored["embedding"].dtype.size)
+    texts = pl.read_parquet(paths.report_texts_table)["report_for_training"].to_list()
+    assert stored["study_id"].to_list() == pl.read_parquet(paths.report_texts_table)["study_id"].to_list()
     fresh = TextEncoder.from_pretrained(paths.text_encoder_dir, threads=1)
     recomputed = fresh.encode(texts, instruction=fresh.instruction or None, progress=False)
     assert np.allclose(np.stack(stored["embedding"].to_numpy()), recomputed, atol=1e-5)

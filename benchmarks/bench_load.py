@@ -8,15 +8,14 @@ N/10 and N, so the output shows whether peak memory grows with N (a streamed sta
 peak at both sizes; a stage that holds everything shows a constant "growth per 1,000 studies").
 Demo studies are generated with 64 px images (cheap); generation is not timed.
 
-Stages, each timed in a fresh subprocess so its peak RSS is its own:
-  1. catalog:   ingest_sources + write_catalog (the raw_studies stage: headers, hashes, reports,
-                Parquet + DuckDB);
-  2. images:    cache_images(workers=2) of the catalog's images table into an empty PNG cache
-                (ingest.image_size, default 224), then the study_images Parquet write;
-  3. reports:   parse_reports of the catalog's reports joined with studies, Parquet write;
-  4. embed:     the trained text encoder (artifacts/text_encoder) over every parsed report in
-                chunks (embed_table into an empty cache, streamed to the embeddings Parquet, as the
-                report_embeddings stage does); skipped, and said so, when the encoder is missing.
+Stages, each the pipeline stage itself (`stage_module(name).run`, as `cxr stage <name>` runs it,
+checks included) in a project rooted in the work folder, timed in a fresh subprocess so its
+peak RSS is its own:
+  1. catalog:   raw_studies (headers, hashes, reports, PHI policy, Parquet + DuckDB, contracts);
+  2. images:    study_images with 2 workers into an empty PNG cache (ingest.image_size, 224);
+  3. reports:   report_texts (sections + CheXpert labels), chunked;
+  4. embed:     report_embeddings with the trained text encoder (artifacts/text_encoder) into
+                an empty embedding cache; skipped, and said so, when the encoder is missing.
 Per stage: seconds (the stage call only; imports and model load excluded and shown apart),
 studies/s (and images/s for the image cache), peak RSS of the stage process (VmHWM), its RSS
 before the stage (after imports / model load), the growth above that, both per 1,000 studies,
@@ -66,86 +65,71 @@ def _mib(kib: int) -> float:
 
 
 # ------------------------------------------------------------------ stages (run in a child)
-def _ingest_options():
-    from cxr_assets.config import IngestParams
+def _project(work: Path):
+    """Params + paths of a project rooted at `work` (raw/, catalog/, cache/, artifacts/): the
+    stages run exactly as `cxr stage <name>` runs them, checks and metadata included."""
+    from cxr_assets.config import Params
+    from cxr_assets.paths import ProjectPaths
 
-    return IngestParams(layout="mimic_cxr", drop_dir=None)
+    params = Params.model_validate({
+        "paths": {"raw_dir": "raw", "catalog_dir": "catalog", "image_cache_dir": "cache",
+                  "artifacts_dir": "artifacts", "reports_dir": "reports", "cache_dir": "cxr_cache"},
+        "ingest": {"layout": "mimic_cxr", "drop_dir": None, "workers": WORKERS},
+        "clip": {"threads": int(os.environ.get("CXR_BENCH_LOAD_THREADS", "2"))},
+        "text_encoder": {"embed_batch_size": EMBED_BATCH},
+    })
+    return params, ProjectPaths.from_params(params, work)
+
+
+def _stage_runner(name: str, work: Path, fresh: list[Path], figures):
+    from cxr_assets.stages import stage_module
+
+    params, paths = _project(work)
+    module = stage_module(name)
+
+    def run() -> dict:
+        for folder in fresh:  # measured from scratch every time (no reuse of an earlier run)
+            shutil.rmtree(folder, ignore_errors=True)
+        result = module.run(params, paths, progress=False)
+        failed = [c.name for c in result.blocking_failures]
+        if failed:
+            raise RuntimeError(f"{name}: blocking checks failed: {failed}")
+        return figures(result.metadata)
+
+    return run
 
 
 def stage_catalog(work: Path):
-    from cxr_assets.ingest.catalog import accounting, ingest_sources, write_catalog
-
-    def run() -> dict:
-        result = ingest_sources(work / "raw", _ingest_options(), drop_dir=None,
-                                previous_catalog=None, progress=False)
-        write_catalog(result, work / "catalog")
-        books = accounting(result)
-        if not books["balanced"]:
-            raise RuntimeError(f"catalog accounting does not balance: {books}")
-        return {"studies": result.studies.height, "images": result.images.height,
-                "quarantined": result.quarantine.height}
-
-    return run
+    # raw_studies: headers, hashes, reports, PHI policy, Parquet + DuckDB, GX contracts.
+    return _stage_runner("raw_studies", work, [work / "catalog"], lambda m: {
+        "studies": m["n_studies"], "images": m["n_images"], "quarantined": m["n_quarantined"]})
 
 
 def stage_images(work: Path):
-    import polars as pl
+    # study_images: decode + resize into an empty PNG cache (ingest.image_size), streamed write.
+    import pyarrow.parquet as pq
 
-    from cxr_assets.ingest.image_cache import cache_images
-
-    options = _ingest_options()
-
-    def run() -> dict:
-        images = pl.read_parquet(work / "catalog" / "images.parquet")
-        cached, quarantine = cache_images(images, work / "cache", size=options.image_size,
-                                          bits=options.cache_bits, workers=WORKERS, progress=False)
-        cached.write_parquet(work / "catalog" / "study_images.parquet")
-        if cached.height + quarantine.height != images.height:
-            raise RuntimeError("image cache accounting does not balance")
-        return {"studies": images["study_id"].n_unique(), "images": images.height,
-                "quarantined": quarantine.height, "image_size": options.image_size}
-
-    return run
+    n_studies = pq.ParquetFile(work / "catalog" / "studies.parquet").metadata.num_rows
+    return _stage_runner("study_images", work, [work / "cache"], lambda m: {
+        "studies": n_studies, "images": m["n_images"], "quarantined": m["n_quarantined"],
+        "image_size": m["image_size"]})
 
 
 def stage_reports(work: Path):
-    import polars as pl
-
-    from cxr_assets.reports.sections import parse_reports
-
-    def run() -> dict:
-        catalogued = pl.read_parquet(work / "catalog" / "reports.parquet").join(
-            pl.read_parquet(work / "catalog" / "studies.parquet").select("study_id", "patient_id", "source"),
-            on="study_id", how="inner")
-        reports, quarantine = parse_reports(catalogued, progress=False)
-        reports.write_parquet(work / "catalog" / "report_texts.parquet")
-        return {"studies": catalogued.height, "parsed": reports.height,
-                "quarantined": quarantine.height}
-
-    return run
+    # report_texts: sections + CheXpert labels, chunked.
+    return _stage_runner("report_texts", work, [], lambda m: {
+        "studies": m["n_reports"], "quarantined": m["n_quarantined"]})
 
 
 def stage_embed(work: Path):
-    from cxr_assets.embed.text_cache import embed_table
-    from cxr_assets.text.encoder import TextEncoder
-
-    threads = int(os.environ.get("CXR_BENCH_LOAD_THREADS", "2"))
-    t0 = time.perf_counter()
-    encoder = TextEncoder.from_pretrained(ENCODER_DIR, threads=threads)
-    load_s = time.perf_counter() - t0
-
-    def run() -> dict:
-        # As stages/report_embeddings.py does, into an empty embedding cache (everything encoded).
-        cache = work / "embedding_cache"
-        shutil.rmtree(cache, ignore_errors=True)
-        summary = embed_table(
-            encoder, work / "catalog" / "report_texts.parquet", "report_for_training",
-            ["study_id", "patient_id"], work / "catalog" / "report_embeddings.parquet", cache,
-            instruction=encoder.instruction or None, batch_size=EMBED_BATCH, progress=False)
-        return {"studies": summary.n_rows, "encoded": summary.n_computed, "dim": summary.dim,
-                "model_load_s": round(load_s, 2), "threads": threads, "batch_size": EMBED_BATCH}
-
-    return run
+    # report_embeddings: the trained text encoder, into an empty embedding cache, streamed write.
+    encoder_link = work / "artifacts" / "text_encoder"
+    encoder_link.parent.mkdir(parents=True, exist_ok=True)
+    if not encoder_link.exists():
+        encoder_link.symlink_to(ENCODER_DIR, target_is_directory=True)
+    return _stage_runner("report_embeddings", work, [work / "cxr_cache" / "embeddings"], lambda m: {
+        "studies": m["n_reports"], "encoded": m["n_encoded_now"], "dim": m["dim"],
+        "threads": int(os.environ.get("CXR_BENCH_LOAD_THREADS", "2")), "batch_size": EMBED_BATCH})
 
 
 def child(stage: str, work: Path) -> None:

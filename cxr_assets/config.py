@@ -289,6 +289,21 @@ class ClipParams(_Section):
         return self
 
 
+class ComparisonParams(_Section):
+    """model_comparison: text towers trained with the same CLIP budget, in-domain and cross-site."""
+
+    text_towers: list[Literal["adapted", "minilm", "raw_llm", "tfidf"]] = Field(
+        ["adapted", "minilm", "raw_llm"], min_length=1,
+        description="towers compared; adapted in-domain is this run's clip_model itself")
+    epochs: int | None = Field(None, ge=1, description="CLIP epochs per tower; None = clip.epochs")
+    cross_site: bool = Field(True, description="also train without a site and evaluate on it")
+    site_column: str = Field("source", description="site of a study: a studies-table column, "
+                             "or a column of sites_csv")
+    sites_csv: str | None = Field(None, description="CSV with study_id and site_column")
+    sites_csv_study_prefix: str = Field("", description="prepended to the CSV's study ids")
+    holdout_sites: list[str] = Field([], description="sites held out in turn; [] = every site")
+
+
 class EvaluationParams(_Section):
     recall_at: list[int] = [1, 5, 10, 50]
     primary_metric: str = "mean_recall"
@@ -306,6 +321,7 @@ class EvaluationParams(_Section):
     search_hnsw_min_rows: int = Field(
         10_000, ge=1, description="the embedding table gets an HNSW index from this many rows")
     alert_webhook: str | None = Field(None, description="URL that receives drift alerts as JSON POST")
+    comparison: ComparisonParams = ComparisonParams()
 
 
 class RegistryParams(_Section):

@@ -38,7 +38,8 @@ def tiny_params(root: Path, tiny_llm: Path, **sections) -> dict:
         },
         "clip": {"vision_backbone": "resnet10t", "image_size": 32, "embed_dim": 32, "epochs": 2,
                  "batch_size": 8, "warmup_steps": 1, "threads": 1},
-        "evaluation": {"recall_at": [1, 5, 10]},
+        # model_comparison: one cheap baseline keeps every chain test fast
+        "evaluation": {"recall_at": [1, 5, 10], "comparison": {"text_towers": ["adapted", "tfidf"]}},
         "registry": {"tracking_uri": "sqlite:///mlflow.db", "artifact_location": "mlartifacts",
                      "experiment": "cxr-tiny", "model_name": "cxr-tiny"},
     }

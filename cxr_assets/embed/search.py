@@ -80,10 +80,12 @@ def _as_arrow(frame: pl.DataFrame):
 
 
 def write_vector_table(frame: pl.DataFrame, db_path: Path, model_name: str, model_version: str,
-                       hnsw_min_rows: int = 10_000) -> dict:
+                       hnsw_min_rows: int = 10_000,
+                       hnsw_columns: tuple[str, ...] = VECTOR_COLUMNS) -> dict:
     """Write `frame` (with FLOAT[dim] vector columns) to a fresh DuckDB file, atomically.
 
-    Returns what was written: rows, dim, which columns carry an HNSW index.
+    `hnsw_columns` are indexed once the table reaches `hnsw_min_rows` rows. Returns what was
+    written: rows, dim, which columns carry an HNSW index.
     """
     import duckdb
 
@@ -108,8 +110,11 @@ def write_vector_table(frame: pl.DataFrame, db_path: Path, model_name: str, mode
         con.execute(f"CREATE TABLE {TABLE} AS SELECT {others}, {casts} FROM frame_arrow")
         con.unregister("frame_arrow")
         hnsw = frame.height >= hnsw_min_rows and load_vss(con)
+        unknown = set(hnsw_columns) - set(VECTOR_COLUMNS)
+        if unknown:
+            raise ValueError(f"hnsw_columns {sorted(unknown)} are not vector columns {VECTOR_COLUMNS}")
         if hnsw:
-            for column in VECTOR_COLUMNS:
+            for column in hnsw_columns:
                 con.execute(f"CREATE INDEX {column}_hnsw ON {TABLE} USING HNSW ({column}) "
                             "WITH (metric = 'cosine')")
                 indexed.append(column)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,11 +113,6 @@ class EmbeddingSummary:
     dim: int
 
 
-def _chunks(table_file: Path, columns: list[str], chunk_size: int) -> Iterator[pl.DataFrame]:
-    for batch in pq.ParquetFile(table_file).iter_batches(batch_size=chunk_size, columns=columns):
-        yield pl.from_arrow(batch)
-
-
 def embed_table(
     encoder,
     table_file: Path,
@@ -139,18 +133,16 @@ def embed_table(
     """
     from tqdm.auto import tqdm
 
+    from cxr_assets.parquet_io import ParquetChunkWriter, iter_parquet_chunks, parquet_rows
+
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    n_total = pq.ParquetFile(table_file).metadata.num_rows
     cache = EmbeddingCache(cache_dir, encoder.content_hash)
-    out_file = Path(out_file)
-    out_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    writer = None
     n_rows = n_computed = 0
-    bar = tqdm(total=n_total, desc="report_embeddings", unit="report", disable=not progress)
-    try:
-        for chunk in _chunks(table_file, [*keep_columns, text_column], chunk_size):
+    with (tqdm(total=parquet_rows(table_file), desc="report_embeddings", unit="report",
+               disable=not progress) as bar,
+          ParquetChunkWriter(out_file) as out):
+        for chunk in iter_parquet_chunks(table_file, chunk_size, [*keep_columns, text_column]):
             texts = chunk[text_column].fill_null("").to_list()
             keys = [text_hash(t, instruction) for t in texts]
             todo = cache.missing(keys)
@@ -158,30 +150,12 @@ def embed_table(
                 first_text = dict(zip(reversed(keys), reversed(texts)))
                 vectors = encoder.encode([first_text[k] for k in todo], instruction=instruction,
                                          batch_size=batch_size, progress=False)
-                cache.add(todo, vectors)
+                cache.add(todo, vectors)  # kept even if a later chunk fails
                 n_computed += len(todo)
-            vectors = cache.get(keys)
-            frame = chunk.select(keep_columns).with_columns(
+            vectors = cache.get(keys) if keys else np.zeros((0, encoder.dim), np.float32)
+            out.write(chunk.select(keep_columns).with_columns(
                 pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, encoder.dim)),
-                pl.lit(encoder.content_hash).alias("encoder_hash"))
-            arrow = frame.to_arrow()
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, arrow.schema)
-            writer.write_table(arrow)
-            n_rows += frame.height
-            bar.update(frame.height)
-        if writer is None:  # an empty input still gets a table with the right schema
-            schema = pl.read_parquet_schema(table_file)
-            empty = pl.DataFrame(schema={c: schema[c] for c in keep_columns}
-                                 | {"embedding": pl.Array(pl.Float32, encoder.dim), "encoder_hash": pl.String})
-            empty.write_parquet(tmp)
-        else:
-            writer.close()
-            writer = None
-        os.replace(tmp, out_file)
-    finally:
-        bar.close()
-        if writer is not None:
-            writer.close()
-        tmp.unlink(missing_ok=True)
+                pl.lit(encoder.content_hash).alias("encoder_hash")))
+            n_rows += chunk.height
+            bar.update(chunk.height)
     return EmbeddingSummary(n_rows=n_rows, n_computed=n_computed, dim=encoder.dim)

@@ -9,6 +9,12 @@ images table, the reports table, or the quarantine table with a reason.
 `ingest_sources` catalogues the base folder plus every batch folder of the drop folder as
 separate ingest batches; files whose size and mtime are unchanged since the previous catalog
 are not read again, and re-ingesting the same files adds nothing.
+
+Memory stays bounded as the number of studies grows: rows are written every CHUNK_ROWS rows as
+Parquet chunks to a temporary spool folder, the de-duplication indexes are arrays of hashes and
+row numbers (`_RowIndex`), and `write_catalog` sorts the chunks with DuckDB and loads DuckDB
+from the Parquet files it just wrote. The tables of an `IngestResult` are read back only when
+asked for.
 """
 
 from __future__ import annotations
@@ -16,7 +22,10 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +37,13 @@ from cxr_assets.ingest.dicom import DicomError, DicomHeader
 from cxr_assets.ingest.listing import ImageRef, LayoutListing, ReportRef, StudyFiles
 
 STAGE = "raw_studies"
+CHUNK_ROWS = 2048
+"""Rows of one table held as Python values while cataloguing: every CHUNK_ROWS rows they are
+written as a Parquet chunk to a temporary spool folder, so what grows in memory with the number
+of studies is only the de-duplication indexes (study ids, image ids, content hashes)."""
+SORTED_ROW_GROUP = 8192
+"""Parquet row group of a table sorted from its chunks: DuckDB's sort buffers one row group of
+output, and smaller groups cost DuckDB more when it loads the file."""
 
 STUDIES_SCHEMA: dict[str, pl.DataType] = {
     "study_id": pl.String,
@@ -94,17 +110,80 @@ class PhiPolicy:
             raise ValueError(f"phi policy must be refuse, strip or allow, got {self.mode!r}")
 
 
-@dataclass
+TABLES = ("studies", "images", "reports", "quarantine")
+SORT_KEYS: dict[str, tuple[tuple[str, ...], bool]] = {  # table -> (sort columns, nulls last)
+    "studies": (("study_id",), False),
+    "images": (("study_id", "image_path"), False),
+    "reports": (("study_id",), False),
+    "quarantine": (("path",), True),
+}
+
+
 class IngestResult:
-    studies: pl.DataFrame
-    images: pl.DataFrame
-    reports: pl.DataFrame
-    quarantine: pl.DataFrame
-    n_inputs: int
-    notes: list[str] = field(default_factory=list)
-    n_reused: int = 0  # images whose header and hash came from the previous catalog
-    n_phi_stripped: int = 0  # inputs kept after masking / dropping identifying data
-    batches: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=BATCHES_SCHEMA))
+    """The catalog tables of one ingest run, with its accounting.
+
+    `studies`, `images`, `reports` and `quarantine` are Polars frames sorted as in the catalog.
+    A large run keeps them as Parquet chunks in a temporary spool folder until a frame is first
+    read (or `write_catalog` writes it), so a caller that only writes the catalog never holds
+    the tables in memory; `height(name)` counts rows without reading them.
+    """
+
+    def __init__(self, studies, images, reports, quarantine, n_inputs: int,
+                 notes: list[str] | None = None, n_reused: int = 0, n_phi_stripped: int = 0,
+                 batches: pl.DataFrame | None = None) -> None:
+        self._tables: dict[str, pl.DataFrame | _SpooledTable] = {
+            "studies": studies, "images": images, "reports": reports, "quarantine": quarantine}
+        self.n_inputs = n_inputs
+        self.notes = [] if notes is None else notes
+        self.n_reused = n_reused  # images whose header and hash came from the previous catalog
+        self.n_phi_stripped = n_phi_stripped  # inputs kept after masking / dropping identifying data
+        self.batches = pl.DataFrame(schema=BATCHES_SCHEMA) if batches is None else batches
+
+    def table(self, name: str) -> pl.DataFrame:
+        """One table as a frame (read from the spool, once, when it is still there)."""
+        table = self._tables[name]
+        if isinstance(table, _SpooledTable):
+            table = self._tables[name] = table.load()
+        return table
+
+    def height(self, name: str) -> int:
+        return self._tables[name].height
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{name}={self.height(name)}" for name in TABLES)
+        return f"IngestResult({sizes}, n_inputs={self.n_inputs})"
+
+    @property
+    def studies(self) -> pl.DataFrame:
+        return self.table("studies")
+
+    @studies.setter
+    def studies(self, frame: pl.DataFrame) -> None:
+        self._tables["studies"] = frame
+
+    @property
+    def images(self) -> pl.DataFrame:
+        return self.table("images")
+
+    @images.setter
+    def images(self, frame: pl.DataFrame) -> None:
+        self._tables["images"] = frame
+
+    @property
+    def reports(self) -> pl.DataFrame:
+        return self.table("reports")
+
+    @reports.setter
+    def reports(self, frame: pl.DataFrame) -> None:
+        self._tables["reports"] = frame
+
+    @property
+    def quarantine(self) -> pl.DataFrame:
+        return self.table("quarantine")
+
+    @quarantine.setter
+    def quarantine(self, frame: pl.DataFrame) -> None:
+        self._tables["quarantine"] = frame
 
 
 def _reason(error: Exception, path: object) -> str:
@@ -147,27 +226,273 @@ def _image_row(ref: ImageRef, header, digest: str, stat: os.stat_result) -> dict
     }
 
 
-class _Catalogue:
-    """Accumulates rows across the batches of one ingest run (shared de-duplication)."""
+class _Spool:
+    """A temporary folder for Parquet chunks, removed once nothing refers to it any more."""
 
-    def __init__(self, policy: PhiPolicy, previous: pl.DataFrame | None) -> None:
+    def __init__(self, parent: Path | None) -> None:
+        import shutil
+        import tempfile
+        import weakref
+
+        if parent is not None:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="cxr-ingest-spool-", dir=parent))
+        weakref.finalize(self, shutil.rmtree, str(self.path), True)
+
+
+class _SpoolMaker:
+    """The spool of one catalogue run, created on first use (a small run never needs one)."""
+
+    def __init__(self, parent: Path | None) -> None:
+        self.parent = parent
+        self.spool: _Spool | None = None
+
+    def __call__(self) -> _Spool:
+        if self.spool is None:
+            self.spool = _Spool(self.parent)
+        return self.spool
+
+
+class _SpooledTable:
+    """A table kept as Parquet chunks (each with its running row number `_row`) in a spool."""
+
+    def __init__(self, name: str, schema: dict[str, pl.DataType], spool: _Spool,
+                 parts: list[Path], height: int) -> None:
+        self.name, self.schema, self.spool = name, schema, spool
+        self.parts = parts
+        self.height = height
+        self.sorted_path: Path | None = None  # the sorted table once written (write_sorted)
+
+    def _order(self) -> tuple[list[str], bool]:
+        by, nulls_last = SORT_KEYS[self.name]
+        return [*by, "_row"], nulls_last  # _row: ties keep the order rows were added in
+
+    def load(self) -> pl.DataFrame:
+        """The whole table, sorted, as one frame."""
+        if self.sorted_path is not None:
+            return pl.read_parquet(self.sorted_path, glob=False)
+        by, nulls_last = self._order()
+        return (pl.read_parquet(self.parts, glob=False).sort(by, nulls_last=nulls_last)
+                .drop("_row").rechunk())
+
+    def write_sorted(self) -> Path:
+        """Sort the chunks into one Parquet file in the spool.
+
+        DuckDB sorts (in its own memory, which the catalog load right after reuses; spilling,
+        if ever, into the spool); `_row` breaks ties, so the order is the one `load` gives.
+        """
+        if self.sorted_path is not None:
+            return self.sorted_path
+        import duckdb
+
+        target = self.spool.path / f"{self.name}.sorted.parquet"
+        if _GLOB_CHARS & set(str(self.spool.path)):  # read_parquet would expand these
+            self.load().write_parquet(target)
+        else:
+            by, nulls_last = self._order()
+            order = ", ".join(f'"{c}" ASC NULLS {"LAST" if nulls_last else "FIRST"}' for c in by)
+            files = ", ".join(_sql_string(part) for part in self.parts)
+            con = duckdb.connect(":memory:", config={
+                **_DUCKDB_CONFIG, "temp_directory": str(self.spool.path / "duckdb.tmp")})
+            try:
+                con.execute(f"COPY (SELECT * EXCLUDE (_row) FROM read_parquet([{files}]) "
+                            f"ORDER BY {order}) TO {_sql_string(target)} "
+                            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {SORTED_ROW_GROUP})")
+            finally:
+                con.close()
+        for part in self.parts:
+            part.unlink(missing_ok=True)
+        self.parts = []
+        self.sorted_path = target
+        return target
+
+
+class _Table:
+    """One catalog table filled a row at a time.
+
+    The rows since the last flush are Python lists (one per column); every `chunk_rows` rows
+    they are written as a Parquet chunk into a spool folder (created on the first flush), so
+    a small run never touches the disk and a large one holds at most one chunk in Python.
+    """
+
+    def __init__(self, name: str, schema: dict[str, pl.DataType], chunk_rows: int,
+                 spool: Callable[[], _Spool]) -> None:
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+        self.name, self.schema, self.chunk_rows = name, schema, chunk_rows
+        self._spool = spool  # the run's spool, created when first asked for
+        self.height = 0
+        self._parts: list[Path] = []
+        self._starts: list[int] = []  # row number of each part's first row
+        self._pending: dict[str, list] = {name: [] for name in schema}
+        self._n_pending = 0
+        self._read_back: dict[tuple[int, str], pl.Series] = {}  # (part, column) read from disk
+
+    def append(self, row: dict) -> int:
+        """Add a row (a dict with every column); returns its row number."""
+        for name, values in self._pending.items():
+            values.append(row[name])
+        self._n_pending += 1
+        self.height += 1
+        if self._n_pending >= self.chunk_rows:
+            self.flush()
+        return self.height - 1
+
+    def _pending_frame(self) -> pl.DataFrame:
+        frame = pl.DataFrame(self._pending, schema=self.schema)
+        self._pending = {name: [] for name in self.schema}
+        self._n_pending = 0
+        return frame
+
+    def flush(self) -> None:
+        if not self._n_pending:
+            return
+        start = self.height - self._n_pending
+        path = self._spool().path / f"{self.name}.{len(self._parts):06d}.parquet"
+        self._pending_frame().with_columns(
+            pl.int_range(start, self.height, dtype=pl.Int64).alias("_row")
+        ).write_parquet(path, compression="lz4")
+        self._parts.append(path)
+        self._starts.append(start)
+
+    def value(self, column: str, row: int):
+        """One cell by row number (to name what came first when a duplicate turns up)."""
+        first_pending = self.height - self._n_pending
+        if row >= first_pending:
+            return self._pending[column][row - first_pending]
+        k = bisect_right(self._starts, row) - 1
+        values = self._read_back.get((k, column))
+        if values is None:
+            if len(self._read_back) >= 8:  # duplicates come in runs: keep the last few
+                self._read_back.clear()
+            values = pl.read_parquet(self._parts[k], columns=[column], glob=False)[column]
+            self._read_back[(k, column)] = values
+        return values[row - self._starts[k]]
+
+    def finish(self) -> pl.DataFrame | _SpooledTable:
+        """The table: a sorted frame when it never left memory, else its spooled chunks."""
+        self._read_back = {}
+        if not self._parts:
+            by, nulls_last = SORT_KEYS[self.name]
+            return self._pending_frame().sort(*by, nulls_last=nulls_last, maintain_order=True)
+        self.flush()
+        table = _SpooledTable(self.name, self.schema, self._spool(), self._parts, self.height)
+        self._parts, self._starts, self.height = [], [], 0
+        return table
+
+
+class _RowIndex:
+    """key -> row number of the table row that holds it, with no Python object per key.
+
+    The de-duplication indexes (study ids, image ids, content hashes) are the only state that
+    grows with the number of studies; as dicts they cost ~150 bytes an entry in small Python
+    objects that fragment the heap. This is open addressing over two arrays of 8-byte slots
+    (the key's hash and its row number, at most half full); a hash match is confirmed by
+    reading the key back from the table, so keys that share a hash are never confused.
+    """
+
+    _EMPTY = -1
+
+    def __init__(self, key_of: Callable[[int], object], capacity: int = 1024) -> None:
+        self._key_of = key_of  # row number -> the key stored in that row
+        self._allocate(capacity)
+        self._n = 0
+
+    def _allocate(self, capacity: int) -> None:
+        self._hashes = array("q", bytes(8 * capacity))
+        self._rows = array("q", [self._EMPTY]) * capacity
+        self._mask = capacity - 1  # capacity is a power of two
+
+    def __len__(self) -> int:
+        return self._n
+
+    def get(self, key) -> int | None:
+        h = hash(key)
+        i = h & self._mask
+        while (row := self._rows[i]) != self._EMPTY:
+            if self._hashes[i] == h and self._key_of(row) == key:
+                return row
+            i = (i + 1) & self._mask
+        return None
+
+    def add(self, key, row: int) -> None:
+        """Record `key` at `row` (the caller has checked that the key is new)."""
+        if 2 * (self._n + 1) > len(self._rows):
+            hashes, rows = self._hashes, self._rows
+            self._allocate(2 * len(rows))
+            for h, old in zip(hashes, rows, strict=True):
+                if old != self._EMPTY:
+                    self._put(h, old)
+        self._put(hash(key), row)
+        self._n += 1
+
+    def _put(self, h: int, row: int) -> None:
+        i = h & self._mask
+        while self._rows[i] != self._EMPTY:
+            i = (i + 1) & self._mask
+        self._hashes[i] = h
+        self._rows[i] = row
+
+
+PREVIOUS_COLUMNS = tuple(k for k in IMAGES_SCHEMA if k not in ("study_id", "patient_id", "batch_id"))
+
+
+class _PreviousImages:
+    """The previous catalog's images (only the columns reuse needs), looked up by path.
+
+    Kept as one Polars frame sorted by image_path and searched by binary search, so reuse costs
+    no Python object per previously catalogued image.
+    """
+
+    def __init__(self, previous: pl.DataFrame | None) -> None:
+        self.frame = None
+        if previous is not None and previous.height:
+            self.frame = (previous.select(PREVIOUS_COLUMNS)
+                          .filter(pl.col("image_path").is_not_null())
+                          .sort("image_path", maintain_order=True))
+            self.paths = self.frame["image_path"]
+
+    def get(self, path: str) -> dict | None:
+        """The previous row for `path` (the last one when listed twice), or None."""
+        if self.frame is None:
+            return None
+        i = self.paths.search_sorted(path, side="right") - 1
+        if i < 0 or self.paths[i] != path:
+            return None
+        return self.frame.row(i, named=True)
+
+
+class _Catalogue:
+    """Accumulates rows across the batches of one ingest run (shared de-duplication).
+
+    Rows go into `_Table`s (Parquet chunks in a spool once a table outgrows one chunk); what
+    grows in memory with the number of inputs is the de-duplication indexes, which map an id or
+    content hash to the row number of the image or study that came first (its path / patient
+    is read back from the table when a duplicate needs naming).
+    """
+
+    def __init__(self, policy: PhiPolicy, previous: pl.DataFrame | None,
+                 chunk_rows: int = CHUNK_ROWS, spool_dir: Path | None = None) -> None:
         self.policy = policy
-        self.studies: list[dict] = []
-        self.images: list[dict] = []
-        self.reports: list[dict] = []
-        self.quarantine: list[dict] = []
-        self.seen_images: dict[str, str] = {}  # image_id -> path
-        self.seen_content: dict[str, str] = {}  # file_sha256 -> path
-        self.seen_studies: dict[str, tuple[str, str]] = {}  # study_id -> (patient, batch)
-        self.previous = {} if previous is None else {
-            row["image_path"]: row for row in previous.iter_rows(named=True)
-        }
+        spool = _SpoolMaker(spool_dir)  # shared by the four tables
+        self.studies = _Table("studies", STUDIES_SCHEMA, chunk_rows, spool)
+        self.images = _Table("images", IMAGES_SCHEMA, chunk_rows, spool)
+        self.reports = _Table("reports", REPORTS_SCHEMA, chunk_rows, spool)
+        self.quarantine = _Table("quarantine", QUARANTINE_SCHEMA, chunk_rows, spool)
+        # image_id / file_sha256 / study_id -> the row that has it (its first occurrence)
+        self.seen_images = _RowIndex(lambda row: self.images.value("image_id", row))
+        self.seen_content = _RowIndex(lambda row: self.images.value("file_sha256", row))
+        self.seen_studies = _RowIndex(lambda row: self.studies.value("study_id", row))
+        self.previous = _PreviousImages(previous)
         self.n_reused = 0
         self.n_phi_stripped = 0
 
     def reject(self, path: object, study_id: str | None, reason: str) -> None:
         self.quarantine.append({"path": None if path is None else str(path),
                                 "study_id": study_id, "reason": reason, "stage": STAGE})
+
+    def _first_image_path(self, row: int | None) -> str | None:
+        return None if row is None else self.images.value("image_path", row)
 
     # -- images -------------------------------------------------------------------------------
     def _read_image(self, ref: ImageRef) -> tuple[dict | None, str | None]:
@@ -187,7 +512,7 @@ class _Catalogue:
         if not path.is_file():
             return None, "not a regular file"
         before = self.previous.get(str(path))
-        if before and (before["file_size"], before["file_mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
+        if before is not None and (before["file_size"], before["file_mtime_ns"]) == (stat.st_size, stat.st_mtime_ns):
             self.n_reused += 1  # unchanged since the last catalog: it passed every check then
             row = {k: before[k] for k in IMAGES_SCHEMA if k not in ("study_id", "patient_id", "batch_id")}
             if row["image_format"] != "dicom":  # id and view of JPEG/PNG come from the listing
@@ -241,8 +566,10 @@ class _Catalogue:
     def add_study(self, study: StudyFiles, source: str, batch: str, require_images: bool) -> None:
         sid = study.study_id
         inputs = [ref.path for ref in study.images] + ([study.report.origin] if study.report else [])
-        if sid in self.seen_studies:
-            patient, first_batch = self.seen_studies[sid]
+        first = self.seen_studies.get(sid)
+        if first is not None:
+            patient = self.studies.value("patient_id", first)
+            first_batch = self.studies.value("batch_id", first)
             why = (f"study {sid} already catalogued from batch {first_batch}" if patient == study.patient_id
                    else f"duplicate study id {sid}: already catalogued under patient {patient}")
             for path in inputs:
@@ -257,16 +584,18 @@ class _Catalogue:
             if row is None:
                 self.reject(ref.path, sid, why)
                 continue
-            first = self.seen_images.get(row["image_id"]) or local_ids.get(row["image_id"])
+            first = (self._first_image_path(self.seen_images.get(row["image_id"]))
+                     or local_ids.get(row["image_id"]))
             if first is not None:
                 kind = "SOPInstanceUID" if row["image_format"] == "dicom" else "image id"
                 self.reject(ref.path, sid, f"duplicate {kind} {row['image_id']} (first seen at {first})")
                 continue
-            twin = self.seen_content.get(row["file_sha256"]) or local_content.get(row["file_sha256"])
+            content = row["file_sha256"]
+            twin = self._first_image_path(self.seen_content.get(content)) or local_content.get(content)
             if twin is not None:
                 self.reject(ref.path, sid, f"duplicate image: identical content to {twin}")
                 continue
-            local_ids[row["image_id"]] = local_content[row["file_sha256"]] = str(ref.path)
+            local_ids[row["image_id"]] = local_content[content] = str(ref.path)
             valid.append(row | {"study_id": sid, "patient_id": study.patient_id, "batch_id": batch})
 
         report, report_error = (None, "study has no report") if study.report is None else self._read_report(study.report)
@@ -282,21 +611,27 @@ class _Catalogue:
             self.reject(study.report.origin, sid, why)
             return
 
-        self.seen_images.update(local_ids)
-        self.seen_content.update(local_content)
-        self.seen_studies[sid] = (study.patient_id, batch)
-        self.images.extend(valid)
+        for row in valid:
+            number = self.images.append(row)
+            self.seen_images.add(row["image_id"], number)
+            self.seen_content.add(row["file_sha256"], number)
         self.reports.append({"study_id": sid, **report})
-        self.studies.append({"study_id": sid, "patient_id": study.patient_id, "source": source,
-                             "batch_id": batch, "report_origin": study.report.origin,
-                             "n_images": len(valid)})
+        self.seen_studies.add(sid, self.studies.append({
+            "study_id": sid, "patient_id": study.patient_id, "source": source, "batch_id": batch,
+            "report_origin": study.report.origin, "n_images": len(valid)}))
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """Rows so far: (studies, images, reports, quarantine)."""
+        return self.studies.height, self.images.height, self.reports.height, self.quarantine.height
 
     def result(self, n_inputs: int, notes: list[str]) -> IngestResult:
+        # The indexes and the previous catalog are done with: free them before the tables are
+        # finished (small tables become sorted frames, large ones stay spooled chunks).
+        del self.seen_images, self.seen_content, self.seen_studies
+        self.previous = _PreviousImages(None)
         return IngestResult(
-            studies=pl.DataFrame(self.studies, schema=STUDIES_SCHEMA).sort("study_id"),
-            images=pl.DataFrame(self.images, schema=IMAGES_SCHEMA).sort("study_id", "image_path"),
-            reports=pl.DataFrame(self.reports, schema=REPORTS_SCHEMA).sort("study_id"),
-            quarantine=pl.DataFrame(self.quarantine, schema=QUARANTINE_SCHEMA).sort("path", nulls_last=True),
+            studies=self.studies.finish(), images=self.images.finish(),
+            reports=self.reports.finish(), quarantine=self.quarantine.finish(),
             n_inputs=n_inputs, notes=notes, n_reused=self.n_reused,
             n_phi_stripped=self.n_phi_stripped,
         )
@@ -322,10 +657,16 @@ def _add_listing(book: _Catalogue, listing: LayoutListing, source: str, batch: s
 
 def catalog_from_listing(
     listing: LayoutListing, source: str = "demo", progress: bool = True,
-    phi_policy: str = "allow", require_images: bool = True,
+    phi_policy: str = "allow", require_images: bool = True, chunk_rows: int = CHUNK_ROWS,
+    spool_dir: Path | None = None,
 ) -> IngestResult:
-    """Catalogue one listing (one batch): headers, reports, PHI policy, de-duplication."""
-    book = _Catalogue(PhiPolicy(phi_policy), previous=None)
+    """Catalogue one listing (one batch): headers, reports, PHI policy, de-duplication.
+
+    Rows go to disk in chunks of `chunk_rows` (a temporary folder in `spool_dir`, default the
+    system temp folder) once a table outgrows one chunk.
+    """
+    book = _Catalogue(PhiPolicy(phi_policy), previous=None, chunk_rows=chunk_rows,
+                      spool_dir=spool_dir)
     _add_listing(book, listing, source, BASE_BATCH, require_images, progress)
     return book.result(listing.n_inputs, list(listing.notes))
 
@@ -377,28 +718,45 @@ def batch_folders(drop_dir: Path | None) -> list[Path]:
     return sorted(p for p in Path(drop_dir).iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _previous_images(path: Path) -> pl.DataFrame | None:
+    """The columns of a previous images table that reuse needs (None when it lacks one)."""
+    if not path.is_file():
+        return None
+    if not set(PREVIOUS_COLUMNS) <= set(pl.scan_parquet(path, glob=False).collect_schema()):
+        return None  # written by an older version: read every file again
+    return pl.read_parquet(path, columns=list(PREVIOUS_COLUMNS), glob=False)
+
+
 def ingest_sources(
     raw_dir: Path, options, drop_dir: Path | None = None,
-    previous_catalog: Path | None = None, progress: bool = True,
+    previous_catalog: Path | None = None, progress: bool = True, chunk_rows: int = CHUNK_ROWS,
+    spool_dir: Path | None = None,
 ) -> IngestResult:
     """Catalogue raw_dir (batch "base") and each drop-folder batch, reusing unchanged files.
 
     `options` is the IngestParams section. Each batch is listed with ingest.layout (or
     detected on its own when "auto") and gets its own accounting row in the batches table.
+    Rows are written in Parquet chunks of `chunk_rows` rows to a temporary folder in
+    `spool_dir` (default the system temp folder) while the batches are read, so memory holds
+    one chunk plus the de-duplication indexes, not the tables.
     """
     from cxr_assets.ingest.layouts import get_layout
 
     previous_images = previous_batches = None
     if previous_catalog is not None:
+        previous_catalog = Path(previous_catalog)
         same_options = _read_state(previous_catalog).get("fingerprint") == _options_fingerprint(options)
-        if same_options and (previous_catalog / "images.parquet").is_file():
-            previous_images = pl.read_parquet(previous_catalog / "images.parquet")
+        if same_options:
+            previous_images = _previous_images(previous_catalog / "images.parquet")
         if (previous_catalog / "ingest_batches.parquet").is_file():
-            previous_batches = pl.read_parquet(previous_catalog / "ingest_batches.parquet")
+            previous_batches = pl.read_parquet(previous_catalog / "ingest_batches.parquet",
+                                               columns=["batch_id", "first_ingested"], glob=False)
     first_seen = {} if previous_batches is None else dict(
         previous_batches.select("batch_id", "first_ingested").iter_rows())
 
-    book = _Catalogue(PhiPolicy("allow"), previous_images)
+    book = _Catalogue(PhiPolicy("allow"), previous_images, chunk_rows=chunk_rows,
+                      spool_dir=spool_dir)
+    del previous_images  # the catalogue keeps the sorted copy it searches
     sources = [(BASE_BATCH, Path(raw_dir))] + [(p.name, p) for p in batch_folders(drop_dir)]
     notes: list[str] = []
     batch_rows: list[dict] = []
@@ -409,19 +767,21 @@ def ingest_sources(
         name, how = resolve_layout(folder, options.layout)
         book.policy = PhiPolicy(resolve_phi_policy(options.phi_policy, name))
         listing = _cap(get_layout(name).list_studies(folder, batch_options), options.max_studies)
-        before = (len(book.studies), len(book.images), len(book.reports), len(book.quarantine))
+        before = book.counts()
         _add_listing(book, listing, options.source_name, batch, options.require_images, progress)
         notes += [f"[{batch}] {how}; phi_policy {book.policy.mode}"] + [f"[{batch}] {n}" for n in listing.notes]
-        n_catalogued = (len(book.images) - before[1]) + (len(book.reports) - before[2])
+        studies, images, reports, quarantined = (a - b for a, b in zip(book.counts(), before, strict=True))
+        batch_inputs = listing.n_inputs
+        del listing  # its records are not needed past the batch
         batch_rows.append({
             "batch_id": batch, "path": str(folder), "layout": name, "detected": how,
-            "n_inputs": listing.n_inputs, "n_catalogued": n_catalogued,
-            "n_quarantined": len(book.quarantine) - before[3],
-            "n_studies": len(book.studies) - before[0], "n_images": len(book.images) - before[1],
+            "n_inputs": batch_inputs, "n_catalogued": images + reports,
+            "n_quarantined": quarantined, "n_studies": studies, "n_images": images,
             "first_ingested": first_seen.get(batch, now),
         })
-        n_inputs += listing.n_inputs
+        n_inputs += batch_inputs
     result = book.result(n_inputs, notes)
+    del book
     result.batches = pl.DataFrame(batch_rows, schema=BATCHES_SCHEMA)
     return result
 
@@ -457,8 +817,8 @@ def write_state(catalog_dir: Path, options) -> Path:
 
 def accounting(result: IngestResult) -> dict:
     """inputs == catalogued (images + reports of catalogued studies) + quarantined?"""
-    catalogued = result.images.height + result.reports.height
-    quarantined = result.quarantine.height
+    catalogued = result.height("images") + result.height("reports")
+    quarantined = result.height("quarantine")
     return {
         "inputs": result.n_inputs,
         "catalogued": catalogued,
@@ -485,8 +845,35 @@ def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def write_duckdb_tables(db_path: Path, tables: dict[str, pl.DataFrame]) -> Path:
-    """Create or replace `tables` in a DuckDB file in one transaction (other tables are kept)."""
+_GLOB_CHARS = frozenset("*?[]{}")
+_DUCKDB_CONFIG = {"threads": 1}  # the catalog is small: one thread needs the least memory
+
+
+def _sql_string(value: object) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def copy_file_atomic(source: Path, path: Path) -> Path:
+    """Copy a file to a temporary sibling of `path` and rename, like write_parquet_atomic."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_duckdb_tables(db_path: Path, tables: dict[str, pl.DataFrame | Path]) -> Path:
+    """Create or replace `tables` in a DuckDB file in one transaction (other tables are kept).
+
+    A table given as a Parquet path is loaded by DuckDB from the file (no second in-memory
+    copy of the rows); a DataFrame is registered as Arrow.
+    """
     import duckdb
 
     db_path = Path(db_path)
@@ -496,11 +883,18 @@ def write_duckdb_tables(db_path: Path, tables: dict[str, pl.DataFrame]) -> Path:
             raise ValueError(f"invalid DuckDB table name {name!r}")
     con = duckdb.connect(str(db_path))
     try:
+        con.execute(f"SET threads = {_DUCKDB_CONFIG['threads']}")
         con.begin()
-        for name, df in tables.items():
-            con.register("_incoming", df.to_arrow())
-            con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM _incoming')
-            con.unregister("_incoming")
+        for name, table in tables.items():
+            if isinstance(table, pl.DataFrame) or _GLOB_CHARS & set(str(table)):
+                # read_parquet would expand glob characters in a path: read such a file here.
+                df = table if isinstance(table, pl.DataFrame) else pl.read_parquet(table, glob=False)
+                con.register("_incoming", df.to_arrow())
+                con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM _incoming')
+                con.unregister("_incoming")
+                del df
+            else:
+                con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM read_parquet({_sql_string(table)})')
         con.commit()
     except Exception:
         con.rollback()
@@ -557,17 +951,27 @@ class CatalogWriteLock:
 
 
 def write_catalog(result: IngestResult, catalog_dir: Path) -> dict[str, Path]:
-    """Write the catalog tables as Parquet and as tables of catalog_dir/catalog.duckdb."""
+    """Write the catalog tables as Parquet and as tables of catalog_dir/catalog.duckdb.
+
+    Tables still spooled are sorted on disk first (DuckDB, bounded memory) and copied in; the
+    DuckDB tables are loaded from the Parquet files just written, all in one transaction.
+    """
     catalog_dir = Path(catalog_dir)
-    tables = {"studies": result.studies, "images": result.images, "reports": result.reports,
-              "quarantine": result.quarantine, "ingest_batches": result.batches}
+    tables = {name: result._tables[name] for name in TABLES} | {"ingest_batches": result.batches}
+    for table in tables.values():  # the slow part, before taking the lock
+        if isinstance(table, _SpooledTable):
+            table.write_sorted()
     with CatalogWriteLock(catalog_dir):
         for name in tables:  # temporaries left by a writer that was killed (we hold the lock)
             for stale in catalog_dir.glob(f".{name}.parquet.*.tmp"):
                 stale.unlink(missing_ok=True)
         paths = {
-            name: write_parquet_atomic(df, catalog_dir / f"{name}.parquet")
-            for name, df in tables.items()
+            name: (copy_file_atomic(table.sorted_path, catalog_dir / f"{name}.parquet")
+                   if isinstance(table, _SpooledTable)
+                   else write_parquet_atomic(table, catalog_dir / f"{name}.parquet"))
+            for name, table in tables.items()
         }
-        paths["duckdb"] = write_duckdb_tables(catalog_dir / "catalog.duckdb", tables)
+        # DuckDB loads the Parquet files just written (under the same lock, so they are ours).
+        paths["duckdb"] = write_duckdb_tables(catalog_dir / "catalog.duckdb",
+                                              {name: paths[name] for name in tables})
     return paths

@@ -2,17 +2,22 @@
 
 The key is sha256(file_sha256 + preprocessing params), so an unchanged DICOM is decoded once
 per preprocessing setting, whatever its path; changing the size or bit depth makes new keys.
-Decoding runs in a spawn-based process pool (safe next to torch threads and in Dagster).
+Decoding runs in a spawn-based process pool (safe next to torch threads and in Dagster), chunk by
+chunk with a bounded number of tasks in flight (ImageCacheStream), so memory does not grow with
+the number of images beyond a few compact per-image indexes.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import hashlib
+import itertools
 import multiprocessing
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Executor, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
@@ -67,14 +72,21 @@ def resize_and_pad(image: np.ndarray, size: int) -> np.ndarray:
 
 def write_png_atomic(image: np.ndarray, path: Path, bits: int) -> None:
     """Quantise a [0, 1] image to 8 or 16 bit and write it as PNG via tmp + rename."""
+    _save_png_atomic(_quantise(image, bits), path)
+
+
+def _quantise(image: np.ndarray, bits: int):
+    """A [0, 1] image as an 8-bit ("L") or 16-bit ("I;16") PIL image."""
     from PIL import Image
 
     if bits == 8:
-        pil = Image.fromarray(np.round(image * 255.0).astype(np.uint8))
-    elif bits == 16:
-        pil = Image.fromarray(np.round(image * 65535.0).astype(np.uint16))
-    else:
-        raise ValueError(f"cache bits must be 8 or 16, got {bits}")
+        return Image.fromarray(np.round(image * 255.0).astype(np.uint8))
+    if bits == 16:
+        return Image.fromarray(np.round(image * 65535.0).astype(np.uint16))
+    raise ValueError(f"cache bits must be 8 or 16, got {bits}")
+
+
+def _save_png_atomic(pil, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
@@ -97,132 +109,380 @@ def _disk_full_error(error: OSError, out_path: str) -> OSError:
                    f"{todo}, then rerun; cached entries are kept", out_path)
 
 
-def _cache_one(image_path: str, out_path: str, size: int, bits: int) -> str | None:
-    """Worker (top level so spawn can pickle it): decode, resize, write. Returns an error or None.
+def _cache_one(image_path: str, out_path: str, size: int, bits: int) -> tuple[str | None, str | None]:
+    """Worker (top level so spawn can pickle it): decode, resize, write, digest.
 
-    Raises OSError when the cache itself is full (disk, quota or file size limit).
+    Returns (error, None) for an image that cannot be cached, else (None, pixel_sha256): the
+    digest of the cached pixels, exactly what _pixel_digest gives for the written PNG (8-bit:
+    from the pixels in memory, "L" reads back byte for byte; 16-bit: read back, as the PNG
+    reader's mode for it differs between Pillow versions). Raises OSError when the cache itself
+    is full (disk, quota or file size limit).
     """
     from cxr_assets.ingest.dicom import DicomError
     from cxr_assets.ingest.images import ImageError, decode_image
 
     try:
         image = decode_image(Path(image_path), target_size=size)
-        write_png_atomic(resize_and_pad(image, size), Path(out_path), bits)
+        pil = _quantise(resize_and_pad(image, size), bits)
+        _save_png_atomic(pil, Path(out_path))
     except (DicomError, ImageError) as error:
-        return str(error).removeprefix(f"{image_path}: ")
+        return str(error).removeprefix(f"{image_path}: "), None
     except OSError as error:
         if error.errno in DISK_FULL_ERRNOS:
             raise _disk_full_error(error, out_path) from None
-        return f"cannot cache image ({type(error).__name__}: {error})"
+        return f"cannot cache image ({type(error).__name__}: {error})", None
     except Exception as error:  # noqa: BLE001 - one bad image must not stop the run: it is quarantined
-        return f"cannot cache image ({type(error).__name__}: {error})"
-    return None
+        return f"cannot cache image ({type(error).__name__}: {error})", None
+    if bits == 8:
+        return None, hashlib.sha256(pil.tobytes()).hexdigest()
+    return None, _pixel_digest(out_path)
+
+
+# Rows per chunk: the unit in which rows are keyed, decoded, checked for duplicates and handed
+# on. The parent holds about one chunk of rows (plus the compact indexes of _DigestIndex), however
+# many images there are.
+CHUNK_ROWS = 2048
+# In-flight tasks per pool worker: enough to keep every worker busy (each has its next task
+# queued), few enough that the parent never holds more than workers * this many futures.
+WINDOW_PER_WORKER = 8
+# Images per pool task: amortises the pickling and queue round trip of a task (~0.3 ms) over a
+# few decodes, and keeps the end-of-chunk wait short.
+IMAGES_PER_TASK = 4
+_REQUIRED_COLUMNS = ("image_id", "study_id", "image_path", "file_sha256")
+_ADDED_SCHEMA: dict[str, pl.DataType] = {
+    "cache_path": pl.String, "cache_key": pl.String, "was_cached": pl.Boolean,
+    "pixel_sha256": pl.String,
+}
+
+
+def _digest_task(out_path: str) -> tuple[None, str]:
+    """Worker: the pixel digest of an image already in the cache."""
+    return None, _pixel_digest(out_path)
+
+
+def _run_batch(tasks: list[tuple[Callable, tuple]]) -> list[tuple[str | None, str | None]]:
+    """Worker: a few images per pool task (fewer round trips through the pool's queues)."""
+    return [fn(*args) for fn, args in tasks]
+
+
+def _make_pool(workers: int) -> Executor:
+    """The decode pool: spawn-based (safe next to torch threads and inside Dagster)."""
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+class _DigestIndex:
+    """Exact index of 32-byte digests (sha256), each with an int64 value, grown chunk by chunk.
+
+    A sorted numpy array: 40 bytes an entry (a dict of hex strings costs ~200), looked up with
+    one vectorised searchsorted and grown with one merge per chunk.
+    """
+
+    def __init__(self) -> None:
+        self._keys = np.empty(0, dtype="S32")
+        self._values = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def find(self, digests: list[bytes]) -> np.ndarray:
+        """The value stored for each digest, -1 where it is absent."""
+        query = np.array(digests, dtype="S32")
+        if not len(self._keys) or not len(query):
+            return np.full(len(query), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
+        return np.where(self._keys[at] == query, self._values[at], -1)
+
+    def add(self, digests: list[bytes], values: list[int]) -> None:
+        """Insert digests that are not in the index yet (and unique among themselves)."""
+        if not digests:
+            return
+        query = np.array(digests, dtype="S32")
+        order = np.argsort(query, kind="stable")
+        query, values_sorted = query[order], np.asarray(values, dtype=np.int64)[order]
+        at = np.searchsorted(self._keys, query)
+        self._keys = np.insert(self._keys, at, query)
+        self._values = np.insert(self._values, at, values_sorted)
+
+
+def _as_chunks(images: pl.DataFrame | Iterable[pl.DataFrame], chunk_rows: int) -> Iterator[pl.DataFrame]:
+    if isinstance(images, pl.DataFrame):
+        if images.height == 0:
+            yield images
+        for offset in range(0, images.height, chunk_rows):
+            yield images.slice(offset, chunk_rows)  # zero-copy
+    else:
+        yield from images
+
+
+def _check_params(size: int, bits: int, chunk_rows: int, window: int | None) -> None:
+    if bits not in (8, 16):
+        raise ValueError(f"cache bits must be 8 or 16, got {bits}")
+    if size < 1:
+        raise ValueError(f"cache image size must be positive, got {size}")
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    if window is not None and window < 1:
+        raise ValueError(f"window must be positive, got {window}")
+
+
+class ImageCacheStream:
+    """cache_images chunk by chunk: iterate it (once) for the study_images rows, one frame per
+    input chunk, in input order; `quarantine()` once it is exhausted.
+
+    `images` is the catalog's images table as one frame (cut into `chunk_rows` slices) or as an
+    iterable of frames (e.g. slices of a Parquet scan). One pool serves the whole run; at most
+    `window` tasks (default workers * WINDOW_PER_WORKER) of `images_per_task` images each are
+    submitted and unfinished at any time. The rows, their order and the quarantine do not depend
+    on the chunking: a chunked run gives exactly what one chunk gives.
+
+    What outlives a chunk, and so grows with the number of images: two _DigestIndex (cache keys
+    decoded by this run, pixel digests seen; 32-40 bytes an image), the image_path of each output
+    row (to name the first image in a duplicate's reason; Arrow strings, shared with the output
+    frames), failed keys and the quarantine rows.
+    """
+
+    def __init__(
+        self,
+        images: pl.DataFrame | Iterable[pl.DataFrame],
+        cache_dir: Path,
+        size: int,
+        bits: int = 8,
+        workers: int = 2,
+        progress: bool = True,
+        *,
+        chunk_rows: int = CHUNK_ROWS,
+        window: int | None = None,
+        images_per_task: int = IMAGES_PER_TASK,
+        total: int | None = None,
+    ) -> None:
+        _check_params(size, bits, chunk_rows, window)
+        if images_per_task < 1:
+            raise ValueError(f"images_per_task must be positive, got {images_per_task}")
+        if isinstance(images, pl.DataFrame):
+            _check_columns(images)
+            total = images.height if total is None else total
+        self.cache_dir = Path(cache_dir)
+        self.size, self.bits, self.workers, self.progress = size, bits, workers, progress
+        self.window = window or max(1, workers) * WINDOW_PER_WORKER
+        self.images_per_task = images_per_task
+        self._chunks = _as_chunks(images, chunk_rows)
+        self._total = total
+        self._made = _DigestIndex()  # cache keys decoded by this run (value unused)
+        self._failed: dict[str, str] = {}  # cache key -> decode error (failures only: few)
+        self._first = _DigestIndex()  # pixel digest -> output row of the first image with it
+        self._kept_paths: list[pl.Series] = []  # image_path of the output rows, per chunk
+        self._kept_offsets: list[int] = []
+        self._failed_parts: list[pl.DataFrame] = []
+        self._duplicate_parts: list[pl.DataFrame] = []
+        self._pool: Executor | None = None
+        self._pool_broken = False
+        self._started = self._finished = False
+        self.n_input = self.n_output = self.n_reused = 0
+
+    # ------------------------------------------------------------------ results
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        if self._started:
+            raise RuntimeError("an ImageCacheStream can be iterated only once")
+        self._started = True
+        bar = tqdm(total=self._total, desc="study_images", unit="img", disable=not self.progress)
+        try:
+            for chunk in self._chunks:
+                yield self._process(chunk, bar)
+            self._finished = True
+        finally:
+            bar.close()
+            self._close_pool()
+
+    def quarantine(self) -> pl.DataFrame:
+        """Quarantine rows (stage "study_images"): decode failures, then duplicate pixels."""
+        if not self._finished:
+            raise RuntimeError("the quarantine is known once every chunk has been consumed")
+        parts = self._failed_parts + self._duplicate_parts
+        return pl.concat(parts) if parts else pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+    # ------------------------------------------------------------------ one chunk
+    def _process(self, chunk: pl.DataFrame, bar) -> pl.DataFrame:
+        _check_columns(chunk)
+        n = chunk.height
+        keys = [cache_key(sha, self.size, self.bits) for sha in chunk["file_sha256"].to_list()]
+        paths = [str(cache_path_for(self.cache_dir, key)) for key in keys]
+        image_paths = chunk["image_path"].to_list()
+        # Decoded earlier in this run: not "was cached" (as when the whole table is one chunk).
+        made = self._made.find([bytes.fromhex(key) for key in keys]) >= 0
+        was_cached = [not m and os.path.isfile(p) for m, p in zip(made.tolist(), paths)]
+
+        # One task per key, even when several rows share the same file content.
+        tasks: dict[str, tuple] = {}
+        for key, path, cached, remade, image_path in zip(keys, paths, was_cached, made.tolist(),
+                                                         image_paths):
+            if key in tasks or key in self._failed:
+                continue
+            if cached or remade:
+                tasks[key] = (_digest_task, (path,))
+            else:
+                tasks[key] = (_cache_one, (image_path, path, self.size, self.bits))
+        results = self._run(tasks, bar)
+        bar.update(n - len(tasks))  # rows that shared a key or a failure: no task of their own
+        decoded = [bytes.fromhex(key) for key, (fn, _) in tasks.items()
+                   if fn is not _digest_task and results[key][0] is None]
+        self._made.add(decoded, [0] * len(decoded))
+        for key, (error, _) in results.items():
+            if error is not None:
+                self._failed[key] = error
+
+        errors = [self._failed.get(key) for key in keys]
+        digests = [None if error is not None else results[key][1] for key, error in zip(keys, errors)]
+        study_ids = chunk["study_id"].to_list()
+
+        # Different files can hold the same pixels (a re-encoded or re-exported copy): the catalog
+        # only sees different bytes, the cache sees identical images. Keep the first, quarantine
+        # the rest, also when the first is in an earlier chunk.
+        kept = [i for i in range(n) if errors[i] is None]
+        kept_digests = [bytes.fromhex(digests[i]) for i in kept]
+        earlier = self._first.find(kept_digests).tolist()
+        here: dict[bytes, int] = {}  # digest -> row (in this chunk) of its first image
+        twin_of: dict[int, str] = {}  # row -> image_path of the first image with its pixels
+        new_digests: list[bytes] = []
+        new_rows: list[int] = []
+        for i, digest, first in zip(kept, kept_digests, earlier):
+            if first >= 0:
+                twin_of[i] = self._output_path(first)
+            elif digest in here:
+                twin_of[i] = image_paths[here[digest]]
+            else:
+                here[digest] = i
+                new_digests.append(digest)
+                new_rows.append(self.n_output + len(new_rows))
+        self._first.add(new_digests, new_rows)
+
+        keep = [errors[i] is None and i not in twin_of for i in range(n)]
+        table = chunk.with_columns(
+            pl.Series("cache_path", paths, dtype=pl.String),
+            pl.Series("cache_key", keys, dtype=pl.String),
+            pl.Series("was_cached", was_cached, dtype=pl.Boolean),
+            pl.Series("pixel_sha256", digests, dtype=pl.String),
+        ).filter(pl.Series(keep, dtype=pl.Boolean))
+
+        failed_rows = [i for i in range(n) if errors[i] is not None]
+        if failed_rows:
+            self._failed_parts.append(_quarantine_rows(
+                [image_paths[i] for i in failed_rows], [study_ids[i] for i in failed_rows],
+                [errors[i] for i in failed_rows]))
+        if twin_of:
+            rows = sorted(twin_of)
+            self._duplicate_parts.append(_quarantine_rows(
+                [image_paths[i] for i in rows], [study_ids[i] for i in rows],
+                [f"duplicate image: identical pixels to {twin_of[i]}" for i in rows]))
+        self._kept_offsets.append(self.n_output)
+        self._kept_paths.append(table["image_path"])  # shares the table's buffers
+        self.n_input += n
+        self.n_output += table.height
+        self.n_reused += sum(c for c, k in zip(was_cached, keep) if k)
+        return table
+
+    def _output_path(self, row: int) -> str:
+        """image_path of output row `row` (an earlier chunk's)."""
+        chunk = bisect.bisect_right(self._kept_offsets, row) - 1
+        return self._kept_paths[chunk][row - self._kept_offsets[chunk]]
+
+    # ------------------------------------------------------------------ running tasks
+    def _run(self, tasks: dict[str, tuple], bar) -> dict[str, tuple[str | None, str | None]]:
+        results: dict[str, tuple[str | None, str | None]] = {}
+        if not tasks:
+            return results
+        if self.workers <= 1 or self._pool_broken or (self._pool is None and len(tasks) <= 1):
+            return self._run_serially(tasks, results, bar)
+        try:
+            if self._pool is None:
+                self._pool = _make_pool(self.workers)
+            todo = iter(tasks.items())
+            pending: dict = {}
+
+            def fill() -> None:
+                # Keep at most `window` tasks submitted and unfinished.
+                while len(pending) < self.window:
+                    batch = list(itertools.islice(todo, self.images_per_task))
+                    if not batch:
+                        return
+                    future = self._pool.submit(_run_batch, [task for _, task in batch])
+                    pending[future] = [key for key, _ in batch]
+
+            fill()
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    keys = pending.pop(future)
+                    try:
+                        results.update(zip(keys, future.result()))
+                    except OSError:  # the cache is full: stop now, not after every other image
+                        self._close_pool()
+                        raise
+                    bar.update(len(keys))
+                fill()
+        except BrokenProcessPool as error:
+            # Workers could not start (e.g. an interactive __main__ spawn cannot re-import) or
+            # died: finish in this process rather than fail the whole stage.
+            warnings.warn(f"image cache pool broke ({error}); finishing serially", stacklevel=3)
+            self._pool_broken = True
+            self._close_pool()
+            return self._run_serially(tasks, results, bar)
+        return results
+
+    def _run_serially(self, tasks, results, bar) -> dict[str, tuple[str | None, str | None]]:
+        for key, (fn, args) in tasks.items():
+            if key not in results:
+                results[key] = fn(*args)
+                bar.update()
+        return results
+
+    def _close_pool(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_columns(images: pl.DataFrame) -> None:
+    missing = set(_REQUIRED_COLUMNS) - set(images.columns)
+    if missing:
+        raise ValueError(f"images table lacks column(s) {sorted(missing)}")
+
+
+def _quarantine_rows(paths: list[str], study_ids: list[str], reasons: list[str]) -> pl.DataFrame:
+    return pl.DataFrame({"path": paths, "study_id": study_ids, "reason": reasons,
+                         "stage": [STAGE] * len(paths)}, schema=QUARANTINE_SCHEMA)
 
 
 def cache_images(
-    images: pl.DataFrame,
+    images: pl.DataFrame | Iterable[pl.DataFrame],
     cache_dir: Path,
     size: int,
     bits: int = 8,
     workers: int = 2,
     progress: bool = True,
+    *,
+    chunk_rows: int = CHUNK_ROWS,
+    window: int | None = None,
+    images_per_task: int = IMAGES_PER_TASK,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Decode every catalogued image into the PNG cache; skip keys already cached.
 
     Returns (study_images = images + cache_path, cache_key, was_cached, pixel_sha256;
     quarantine rows, stage "study_images", for images that failed to decode and for images whose
     pixels are identical to an earlier one's).
+
+    The work runs chunk by chunk (ImageCacheStream) with at most `window` tasks in flight; the
+    result is the chunks' rows concatenated without copying. To write them to Parquet without
+    holding them all, iterate an ImageCacheStream instead (the study_images stage does).
     """
-    if bits not in (8, 16):
-        raise ValueError(f"cache bits must be 8 or 16, got {bits}")
-    if size < 1:
-        raise ValueError(f"cache image size must be positive, got {size}")
-    missing = {"image_id", "study_id", "image_path", "file_sha256"} - set(images.columns)
-    if missing:
-        raise ValueError(f"images table lacks column(s) {sorted(missing)}")
-    cache_dir = Path(cache_dir)
-
-    keys = [cache_key(sha, size, bits) for sha in images["file_sha256"].to_list()]
-    paths = [cache_path_for(cache_dir, key) for key in keys]
-    was_cached = [path.is_file() for path in paths]
-
-    # One decode per key, even when several rows share the same file content.
-    todo: dict[str, tuple[str, str]] = {}
-    for key, path, cached, dicom in zip(keys, paths, was_cached, images["image_path"].to_list()):
-        if not cached and key not in todo:
-            todo[key] = (dicom, str(path))
-
-    errors: dict[str, str] = {}
-    done: set[str] = set()
-    bar = tqdm(total=len(todo), desc="study_images", unit="img", disable=not progress)
-
-    def run_serially() -> None:
-        for key, (dicom, out) in todo.items():
-            if key in done:
-                continue
-            if (error := _cache_one(dicom, out, size, bits)) is not None:
-                errors[key] = error
-            done.add(key)
-            bar.update()
-
-    if workers <= 1 or len(todo) <= 1:
-        run_serially()
-    else:
-        context = multiprocessing.get_context("spawn")
-        try:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {
-                    pool.submit(_cache_one, dicom, out, size, bits): key
-                    for key, (dicom, out) in todo.items()
-                }
-                for future in as_completed(futures):
-                    try:
-                        error = future.result()
-                    except OSError:  # the cache is full: stop now, not after every other image
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise
-                    if error is not None:
-                        errors[futures[future]] = error
-                    done.add(futures[future])
-                    bar.update()
-        except BrokenProcessPool as error:
-            # Workers could not start (e.g. an interactive __main__ spawn cannot re-import) or
-            # died: finish in this process rather than fail the whole stage.
-            warnings.warn(f"image cache pool broke ({error}); finishing serially", stacklevel=2)
-            run_serially()
-    bar.close()
-
-    table = images.with_columns(
-        pl.Series("cache_path", [str(p) for p in paths], dtype=pl.String),
-        pl.Series("cache_key", keys, dtype=pl.String),
-        pl.Series("was_cached", was_cached, dtype=pl.Boolean),
-    )
-    failed = pl.Series(keys).is_in(list(errors))
-    reasons = [errors[row["cache_key"]] for row in table.filter(failed).iter_rows(named=True)]
-    rejected = table.filter(failed)
-    table = table.filter(~failed)
-
-    # Different files can hold the same pixels (a re-encoded or re-exported copy): the catalog
-    # only sees different bytes, the cache sees identical images. Keep the first, quarantine the rest.
-    table = table.with_columns(
-        pl.Series("pixel_sha256", [_pixel_digest(p) for p in table["cache_path"].to_list()],
-                  dtype=pl.String))
-    first_of = {}
-    twin_of: list[str | None] = []
-    for digest, path in zip(table["pixel_sha256"].to_list(), table["image_path"].to_list()):
-        twin_of.append(first_of.get(digest))
-        first_of.setdefault(digest, path)
-    twins = pl.Series(twin_of, dtype=pl.String)
-    duplicate = twins.is_not_null()
-    rejected = pl.concat([rejected.with_columns(pl.lit(None, dtype=pl.String).alias("pixel_sha256")),
-                          table.filter(duplicate)])
-    reasons += [f"duplicate image: identical pixels to {twin}" for twin in twins.filter(duplicate)]
-    quarantine = pl.DataFrame(
-        {"path": rejected["image_path"], "study_id": rejected["study_id"],
-         "reason": pl.Series(reasons, dtype=pl.String), "stage": [STAGE] * rejected.height},
-        schema=QUARANTINE_SCHEMA,
-    )
-    return table.filter(~duplicate), quarantine
+    stream = ImageCacheStream(images, cache_dir, size, bits, workers, progress,
+                              chunk_rows=chunk_rows, window=window,
+                              images_per_task=images_per_task)
+    parts = list(stream)
+    if parts:
+        table = pl.concat(parts, how="vertical", rechunk=False)
+    else:  # an empty iterable of chunks: no input columns to keep
+        table = pl.DataFrame(schema={c: pl.String for c in _REQUIRED_COLUMNS} | _ADDED_SCHEMA)
+    return table, stream.quarantine()
 
 
 def _pixel_digest(cache_path: str) -> str:

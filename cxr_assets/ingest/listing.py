@@ -9,17 +9,19 @@ a CSV / an XML document); each ends in the catalog or in quarantine with a reaso
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, overload
+
+import polars as pl
 
 if TYPE_CHECKING:
     from cxr_assets.config import IngestParams
     from cxr_assets.ingest.dicom import DicomHeader
 
 
-@dataclass
+@dataclass(slots=True)
 class ImageRef:
     """One image a layout assigns to a study (nothing read yet)."""
 
@@ -29,7 +31,7 @@ class ImageRef:
     header: DicomHeader | None = None  # pre-read by layouts that must read headers to group studies
 
 
-@dataclass
+@dataclass(slots=True)
 class ReportRef:
     """Where a study's report comes from: a file to read, or text a layout already extracted."""
 
@@ -38,7 +40,7 @@ class ReportRef:
     text: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class StudyFiles:
     study_id: str
     patient_id: str
@@ -47,7 +49,7 @@ class StudyFiles:
     has_image_folder: bool = True  # False: the layout expected an image folder and found none
 
 
-@dataclass
+@dataclass(slots=True)
 class Stray:
     """An input the layout could not place in a study (quarantined as is)."""
 
@@ -56,15 +58,60 @@ class Stray:
     reason: str
 
 
+class LazyStudies(Sequence[StudyFiles]):
+    """A listing's studies kept as rows of a Polars frame, each built into a StudyFiles when read.
+
+    A layout that walks a large tree keeps one compact row per study (columnar, no Python
+    object per study) instead of N StudyFiles with their ImageRef and Path objects; the catalog
+    reads the studies one at a time, so only the study being catalogued exists as objects.
+    Indexing and slicing work like a list (a slice is again lazy); every read builds a fresh
+    StudyFiles.
+    """
+
+    __slots__ = ("_build", "_count_inputs", "_records")
+
+    def __init__(self, records: pl.DataFrame, build: Callable[[tuple], StudyFiles],
+                 count_inputs: Callable[[pl.DataFrame], int]) -> None:
+        self._records = records
+        self._build = build  # row tuple -> StudyFiles
+        self._count_inputs = count_inputs  # records -> images + reports they hold
+
+    def __len__(self) -> int:
+        return self._records.height
+
+    @overload
+    def __getitem__(self, index: int) -> StudyFiles: ...
+    @overload
+    def __getitem__(self, index: slice) -> LazyStudies: ...
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return LazyStudies(self._records[index], self._build, self._count_inputs)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"study index {index} out of range")
+        return self._build(self._records.row(index))
+
+    def __iter__(self) -> Iterator[StudyFiles]:
+        build = self._build
+        for row in self._records.iter_rows():
+            yield build(row)
+
+    @property
+    def n_inputs(self) -> int:
+        """Images + reports of these studies, counted from the records (nothing is built)."""
+        return self._count_inputs(self._records)
+
+
 @dataclass
 class LayoutListing:
     layout: str
-    studies: list[StudyFiles]
+    studies: Sequence[StudyFiles]  # a list, or LazyStudies built one study at a time
     stray: list[Stray] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what the adapter found or assumed (shown in the UI)
 
     @property
     def n_inputs(self) -> int:
+        if isinstance(self.studies, LazyStudies):
+            return len(self.stray) + self.studies.n_inputs
         return len(self.stray) + sum(
             len(s.images) + (s.report is not None) for s in self.studies
         )

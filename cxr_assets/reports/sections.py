@@ -11,6 +11,7 @@ is kept beside the sections by `parse_reports`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import polars as pl
@@ -272,8 +273,75 @@ REPORT_TEXTS_SCHEMA: dict[str, pl.DataType] = {
 }
 
 
+# Reports per chunk in parse_reports / iter_parse_reports: memory holds one chunk's parsed rows.
+REPORT_CHUNK_ROWS = 2000
+_REPORT_COLUMNS = ("study_id", "patient_id", "report_origin", "report_text")
+
+
+def _check_report_columns(reports: pl.DataFrame) -> None:
+    missing = set(_REPORT_COLUMNS) - set(reports.columns)
+    if missing:
+        raise ValueError(f"reports table lacks column(s) {sorted(missing)}")
+
+
+def _parse_chunk(chunk: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(report_texts rows, quarantine rows) of one chunk, both in input order."""
+    from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
+
+    _check_report_columns(chunk)
+    sections_of: dict[str, list[str | None]] = {section: [] for section in SECTIONS}
+    train_texts: list[str] = []
+    keep: list[bool] = []
+    for text in chunk["report_text"].to_list():
+        sections = split_sections(text or "")
+        train_text = training_text(sections)
+        keep.append(train_text is not None)
+        if train_text is None:
+            continue
+        for section in SECTIONS:
+            sections_of[section].append(sections[section])
+        train_texts.append(train_text)
+    mask = pl.Series(keep, dtype=pl.Boolean)
+    # Identifiers and the original text are taken from the input columns (no per-row Python
+    # objects); only what the parser made is built from lists.
+    source = (pl.col("source").cast(pl.String) if "source" in chunk.columns
+              else pl.lit(None, dtype=pl.String).alias("source"))
+    parsed = chunk.filter(mask).select(
+        pl.col("study_id").cast(pl.String),
+        pl.col("patient_id").cast(pl.String),
+        source,
+        pl.col("report_text").cast(pl.String).fill_null(""),
+    ).with_columns(
+        *(pl.Series(section, sections_of[section], dtype=pl.String) for section in SECTIONS),
+        pl.Series("report_for_training", train_texts, dtype=pl.String),
+        pl.Series("n_chars", [len(t) for t in train_texts], dtype=pl.Int64),
+    )
+    quarantine = chunk.filter(~mask).select(
+        pl.col("report_origin").cast(pl.String).alias("path"),
+        pl.col("study_id").cast(pl.String),
+        pl.lit("no findings or impression text", dtype=pl.String).alias("reason"),
+        pl.lit(STAGE, dtype=pl.String).alias("stage"),
+    )
+    return parsed.cast(REPORT_TEXTS_SCHEMA), quarantine.cast(QUARANTINE_SCHEMA)
+
+
+def iter_parse_reports(
+    chunks: Iterable[pl.DataFrame], progress: bool = True, total: int | None = None
+) -> Iterator[tuple[pl.DataFrame, pl.DataFrame]]:
+    """parse_reports chunk by chunk: (report_texts rows, quarantine rows) per input frame, in
+    input order, so a stage can write each chunk before parsing the next."""
+    bar = tqdm(total=total, desc="report_texts", unit="report", disable=not progress,
+               mininterval=1.0)
+    try:
+        for chunk in chunks:
+            yield _parse_chunk(chunk)
+            bar.update(chunk.height)
+    finally:
+        bar.close()
+
+
 def parse_reports(
-    reports: pl.DataFrame, progress: bool = True
+    reports: pl.DataFrame, progress: bool = True, *, chunk_rows: int = REPORT_CHUNK_ROWS
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Split each catalogued report into sections.
 
@@ -281,36 +349,14 @@ def parse_reports(
     the catalog's reports table joined with its studies. Returns (report_texts, quarantine);
     n_chars is the length of report_for_training. Reports without findings/impression text are
     quarantined (stage "report_texts") with the reason.
-    """
-    from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
 
-    missing = {"study_id", "patient_id", "report_origin", "report_text"} - set(reports.columns)
-    if missing:
-        raise ValueError(f"reports table lacks column(s) {sorted(missing)}")
-    has_source = "source" in reports.columns
-    rows: list[dict] = []
-    quarantine: list[dict] = []
-    for study in tqdm(reports.iter_rows(named=True), total=reports.height, desc="report_texts",
-                      unit="report", disable=not progress, mininterval=1.0):
-        text = study["report_text"] or ""
-        sections = split_sections(text)
-        train_text = training_text(sections)
-        if train_text is None:
-            quarantine.append({"path": study["report_origin"], "study_id": study["study_id"],
-                               "reason": "no findings or impression text", "stage": STAGE})
-            continue
-        rows.append(
-            {
-                "study_id": study["study_id"],
-                "patient_id": study["patient_id"],
-                "source": study["source"] if has_source else None,
-                "report_text": text,
-                **sections,
-                "report_for_training": train_text,
-                "n_chars": len(train_text),
-            }
-        )
-    return (
-        pl.DataFrame(rows, schema=REPORT_TEXTS_SCHEMA),
-        pl.DataFrame(quarantine, schema=QUARANTINE_SCHEMA),
-    )
+    Parsing runs `chunk_rows` reports at a time (iter_parse_reports); the results are the chunks
+    concatenated without copying, and do not depend on the chunk size.
+    """
+    _check_report_columns(reports)
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
+    chunks = ([reports] if reports.height == 0 else
+              (reports.slice(offset, chunk_rows) for offset in range(0, reports.height, chunk_rows)))
+    parsed, quarantine = zip(*iter_parse_reports(chunks, progress=progress, total=reports.height))
+    return pl.concat(parsed, rechunk=False), pl.concat(quarantine, rechunk=False)

@@ -59,6 +59,7 @@ STAGES: tuple[StageSpec, ...] = (
               "clip", ("pytorch", "mlflow")),
     StageSpec("study_embeddings", ("clip_model",), "evaluation", ("pytorch", "parquet")),
     StageSpec("evaluation_report", ("study_embeddings",), "evaluation", ("mlflow",)),
+    StageSpec("model_comparison", ("study_embeddings",), "evaluation", ("pytorch", "mlflow")),
     StageSpec("champion_model", ("evaluation_report",), "evaluation", ("mlflow",), (
         CheckSpec("champion_is_best", True, "the champion alias points at the best evaluated version"),)),
 )

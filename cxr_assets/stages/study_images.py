@@ -3,6 +3,10 @@
 Pixels are decoded (MONOCHROME1 inverted, modality and VOI LUTs applied), resized with the aspect
 kept and padded to `ingest.image_size`. The cache key is (file hash, preprocessing params), so
 unchanged inputs are never decoded twice. Images that fail to decode are quarantined.
+
+The stage streams: the catalog's images table is read in record batches, decoded chunk by chunk
+with a bounded number of tasks in flight, and written chunk by chunk (tmp + rename), so its memory
+does not grow with the number of images. Whole-table figures come from the written Parquet.
 """
 
 from __future__ import annotations
@@ -10,31 +14,40 @@ from __future__ import annotations
 import polars as pl
 
 from cxr_assets.config import Params
+from cxr_assets.parquet_io import iter_parquet_chunks, parquet_rows, write_parquet_chunks
 from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import CheckOutcome, StageResult, TablePreview, require, write_parquet
 
 
-def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
-    from cxr_assets.ingest.image_cache import cache_images
+def run(params: Params, paths: ProjectPaths, progress: bool = True, *,
+        chunk_rows: int | None = None) -> StageResult:
+    from cxr_assets.ingest.image_cache import CHUNK_ROWS, ImageCacheStream
 
     require("study_images", {"raw_studies": [paths.images_table]})
-    images = pl.read_parquet(paths.images_table)
-    cached, quarantine = cache_images(
-        images, paths.image_cache_dir, size=params.ingest.image_size,
-        bits=params.ingest.cache_bits, workers=params.ingest.workers, progress=progress,
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    n_catalogued = parquet_rows(paths.images_table)
+    stream = ImageCacheStream(
+        iter_parquet_chunks(paths.images_table, chunk_rows), paths.image_cache_dir,
+        size=params.ingest.image_size, bits=params.ingest.cache_bits,
+        workers=params.ingest.workers, progress=progress, chunk_rows=chunk_rows,
+        total=n_catalogued,
     )
-    write_parquet(cached, paths.study_images_table)
+    write_parquet_chunks(stream, paths.study_images_table)
+    quarantine = stream.quarantine()  # decode failures and duplicates: few rows
     quarantine_path = paths.catalog_dir / "study_images_quarantine.parquet"
     write_parquet(quarantine, quarantine_path)
 
-    n_reused = int(cached["was_cached"].sum()) if cached.height else 0
-    balanced = cached.height + quarantine.height == images.height
+    # Whole-table figures from the written file (a lazy scan reads one column), not from memory.
+    n_images, n_reused = pl.scan_parquet(paths.study_images_table).select(
+        pl.len(), pl.col("was_cached").sum().cast(pl.Int64)
+    ).collect().row(0)
+    balanced = n_images + quarantine.height == n_catalogued == stream.n_input
     return StageResult(
         "study_images",
         {"study_images": paths.study_images_table, "quarantine": quarantine_path},
         {
-            "n_images": cached.height,
-            "n_decoded": cached.height - n_reused,
+            "n_images": n_images,
+            "n_decoded": n_images - n_reused,
             "n_reused_from_cache": n_reused,
             "n_quarantined": quarantine.height,
             "image_size": params.ingest.image_size,
@@ -46,7 +59,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         [CheckOutcome(
             "images_accounted", balanced, blocking=True,
             description="every catalogued image is cached or quarantined",
-            metadata={"catalogued": images.height, "cached": cached.height,
+            metadata={"catalogued": n_catalogued, "cached": n_images,
                       "quarantined": quarantine.height},
         )],
     )

@@ -29,7 +29,8 @@ def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, m
     torch.set_num_threads(1)
     write_params(tmp_path, tiny_params(tmp_path, tiny_llm, evaluation={
         "bootstrap_samples": 50, "subset_per_finding": 5, "search_hnsw_min_rows": 5,
-        "alert_webhook": "http://127.0.0.1:9/unreachable"}))
+        "alert_webhook": "http://127.0.0.1:9/unreachable",
+        "comparison": {"text_towers": ["adapted", "minilm", "raw_llm", "tfidf"]}}))
     monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     params = load_params(tmp_path / "params.yaml")
@@ -64,6 +65,22 @@ def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, m
         assert (evaluation_dir / name).is_file(), name
     meta = results["evaluation_report"].metadata
     assert "per_style_plot" in meta and "base64," in meta["per_style_plot"].text
+
+    # (5) the same-budget comparison: every tower in-domain and without the held-out site
+    import polars as pl
+
+    table = pl.read_csv(tmp_path / "reports/comparison/comparison.csv")
+    assert set(zip(table["tower"], table["protocol"])) == {
+        (t, p) for t in ("adapted", "minilm", "raw_llm", "tfidf") for p in ("in_domain", "cross_site:INST_C")}
+    assert (table["mean_recall_ci_low"] <= table["mean_recall"]).all()
+    assert (table["mean_recall"] <= table["mean_recall_ci_high"]).all()
+    in_domain = table.filter(pl.col("protocol") == "in_domain")
+    assert in_domain["n_eval"].n_unique() == 1  # every tower on the same test pool
+    adapted = in_domain.filter(pl.col("tower") == "adapted").row(0, named=True)
+    assert adapted["mean_recall"] == pytest.approx(metrics["mean_recall"], abs=1e-4)  # = clip_model's
+    comparison = results["model_comparison"].metadata
+    assert "Cross-site" in comparison["table"].text and "base64," in comparison["comparison_plot"].text
+    assert (tmp_path / "reports/comparison/comparison.png").is_file()
 
     # (7) promotion: a worse challenger is refused, a better one accepted; rollback moves it back
     assert json.loads(paths.champion_file.read_text())["challenger_version"] == "1"

@@ -69,7 +69,7 @@ def test_second_run_encodes_nothing_and_a_changed_report_only_itself(tmp_path: P
     texts = [f"report {i}" for i in range(12)]
     _embed(CountingEncoder(), _reports(tmp_path, texts), tmp_path, chunk_size=4)
     again = CountingEncoder()
-    first, summary = _embed(again, _reports(tmp_path, texts), tmp_path, chunk_size=4)
+    _, summary = _embed(again, _reports(tmp_path, texts), tmp_path, chunk_size=4)
     assert summary.n_computed == 0 and again.encoded == []
     texts[5] = "report five, edited"
     changed = CountingEncoder()

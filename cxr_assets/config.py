@@ -259,6 +259,17 @@ class ClipParams(_Section):
     micro_batch_size: int | None = Field(
         None, ge=1, description="GradCache chunk; None = whole batch at once (batch_size = effective)"
     )
+    select_best: Literal["val_loss", "val_recall", "last"] = Field(
+        "val_loss",
+        description="which epoch's weights are kept: lowest validation loss, highest validation "
+        "mean recall (R@1/5/10 both ways; ties go to the later epoch), or the last epoch",
+    )
+    positives: Literal["paired", "same_text", "same_labels"] = Field(
+        "paired",
+        description="in-batch positives of the contrastive loss: paired (only the own report), "
+        "same_text (also identical report text, e.g. other views of the study), same_labels "
+        "(also reports with the same labeler findings; multi-positive targets per row)",
+    )
     text_adapter: Literal["linear", "mlp"] = Field("linear", description="LN+Linear or residual MLP")
     adapter_blocks: int = Field(2, ge=1, le=16, description="residual blocks for text_adapter=mlp")
     in_chans: Literal[1, 3] = Field(1, description="3 = grayscale replicated to RGB stems")

@@ -16,6 +16,14 @@ Every loss takes "row" features (the ones this process owns) and "column" featur
 global batch, gathered across processes); ``row_offset`` says where the rows sit in the
 columns. Single-process training passes the same tensors twice with offset 0. Each loss is a
 mean over its rows, so averaging the per-process gradients gives the global-batch gradient.
+
+Positives (`clip.positives`): by default only pair i's own image and report match ("paired",
+one positive per row). With `groups` (one integer id per column of the global batch; equal
+ids = interchangeable reports, e.g. two views of one study, identical report text or identical
+labeler findings) every column of the row's group is a positive: InfoNCE and the reference mode
+become multi-positive cross entropy with targets normalized per row (SupCon's L_out, MedCLIP's
+semantic matching), SigLIP labels every same-group pair +1. All-distinct ids give exactly the
+paired loss; `groups=None` runs the paired code path itself.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 LOSS_KINDS = ("infonce", "siglip", "reference")
+POSITIVE_KINDS = ("paired", "same_text", "same_labels")
 
 
 def _check(image: torch.Tensor, text: torch.Tensor, what: str) -> None:
@@ -56,9 +65,12 @@ def contrastive_loss(
     logit_scale: torch.Tensor | float,
     logit_bias: torch.Tensor | float = 0.0,
     kind: str = "infonce",
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Loss of `rows` (pairs row_offset .. row_offset+n-1 of the global batch) against `cols`.
 
+    `groups`: None (pair i's only positive is column i) or an integer id per column of the
+    *global* batch; row i's positives are the columns with its id (see the module docstring).
     Computed in float32 whatever the autocast dtype: the B x B logits are the numerically
     sensitive part and cost little next to the towers.
     """
@@ -69,6 +81,9 @@ def contrastive_loss(
     n, total = image_rows.shape[0], image_cols.shape[0]
     if not 0 <= row_offset <= total - n:
         raise ValueError(f"row_offset {row_offset} does not fit {n} rows in {total} columns")
+    mask = None
+    if groups is not None:
+        mask = positive_mask(torch.as_tensor(groups, device=image_rows.device), row_offset, n, total)
     # At least float32 (bf16/fp16 autocast outputs are upcast; float64 stays float64).
     dtype = torch.promote_types(image_rows.dtype, torch.float32)
     image_rows, text_rows = image_rows.to(dtype), text_rows.to(dtype)
@@ -78,13 +93,42 @@ def contrastive_loss(
     logits_i = scale * image_rows @ text_cols.t()  # [n, total]
     if kind == "siglip":
         bias = torch.as_tensor(logit_bias, device=image_rows.device).to(dtype)
-        labels = -torch.ones_like(logits_i)
-        idx = torch.arange(n, device=image_rows.device)
-        labels[idx, idx + row_offset] = 1.0
+        if mask is None:
+            labels = -torch.ones_like(logits_i)
+            idx = torch.arange(n, device=image_rows.device)
+            labels[idx, idx + row_offset] = 1.0
+        else:
+            labels = mask.to(dtype) * 2.0 - 1.0
         return -F.logsigmoid(labels * (logits_i + bias)).sum() / n
     logits_t = scale * text_rows @ image_cols.t()
-    targets = torch.arange(n, device=image_rows.device) + row_offset
+    if mask is None:
+        targets = torch.arange(n, device=image_rows.device) + row_offset
+    else:
+        # Same-group relation is symmetric: report i's positive images are image i's positive
+        # reports. Each row's targets sum to 1 (the mean of -log p over its positives).
+        weights = mask.to(dtype)
+        targets = weights / weights.sum(dim=1, keepdim=True)
     return 0.5 * (F.cross_entropy(logits_i, targets) + F.cross_entropy(logits_t, targets))
+
+
+def positive_mask(groups: torch.Tensor, row_offset: int, n: int, total: int) -> torch.Tensor:
+    """[n, total] bool: row i (global pair row_offset + i) and column j share a group id."""
+    groups = torch.as_tensor(groups)
+    if groups.ndim != 1 or groups.shape[0] != total:
+        raise ValueError(
+            f"groups must hold one id per column of the global batch ({total}), got shape "
+            f"{tuple(groups.shape)}"
+        )
+    if groups.is_floating_point() or groups.is_complex():
+        raise ValueError(f"groups must be integer ids, got dtype {groups.dtype}")
+    return groups[row_offset : row_offset + n, None] == groups[None, :]
+
+
+def group_ids(keys) -> torch.Tensor:
+    """Hashable keys (report text, label tuple, ...) -> int64 ids, equal keys -> equal ids,
+    numbered by first appearance."""
+    seen: dict = {}
+    return torch.tensor([seen.setdefault(key, len(seen)) for key in keys], dtype=torch.int64)
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -40,11 +40,18 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxr_assets.clip import checkpoint as ckpt
-from cxr_assets.clip.loss import clip_loss, contrastive_loss, gather_features
+from cxr_assets.clip.loss import (
+    POSITIVE_KINDS,
+    clip_loss,
+    contrastive_loss,
+    gather_features,
+    group_ids,
+)
 from cxr_assets.clip.model import ClipModelConfig, DualTowerClip
 from cxr_assets.config import ClipParams
 from cxr_assets.vision.transforms import load_cached_image, train_augment
@@ -71,22 +78,26 @@ class ClipTrainResult:
 
 class CachedPairDataset(Dataset):
     """(image tensor [1, S, S], text embedding [D] or report string) pairs; images are read
-    from disk per item."""
+    from disk per item. With `groups` (positive-group ids, see `clip.loss`) items are
+    (image, text, group id) triples."""
 
     def __init__(self, image_paths: Sequence[Path], text_embeddings: np.ndarray | list[str],
-                 image_size: int):
+                 image_size: int, groups: torch.Tensor | None = None):
         self.image_paths = [Path(p) for p in image_paths]
         if isinstance(text_embeddings, list):
             self.text_embeddings = text_embeddings  # report strings for the online tower
         else:
             self.text_embeddings = torch.from_numpy(np.ascontiguousarray(text_embeddings))
         self.image_size = image_size
+        self.groups = groups
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple:
         image = load_cached_image(self.image_paths[index], self.image_size)
+        if self.groups is not None:
+            return image, self.text_embeddings[index], self.groups[index]
         return image, self.text_embeddings[index]
 
 
@@ -124,14 +135,16 @@ class StepBatches(Dataset):
     def __len__(self) -> int:
         return max(0, self.last_step - self.first_step)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor | list[str]]:
+    def __getitem__(self, i: int) -> tuple:
+        """(images, texts) or, when the pairs carry positive groups, (images, texts, groups)."""
         step = self.first_step + i
         epoch, index = divmod(step, self.steps_per_epoch)
         order = epoch_order(len(self.pairs), self.seed, epoch)
         start = index * self.global_batch + self.rank * self.local
-        images, texts = [], []
+        images, texts, groups = [], [], []
         for position, item in enumerate(order[start : start + self.local].tolist()):
-            image, text = self.pairs[item]
+            image, text, *group = self.pairs[item]
+            groups.extend(group)
             if self.augment:
                 global_pos = self.rank * self.local + position
                 gen = torch.Generator().manual_seed(
@@ -144,9 +157,8 @@ class StepBatches(Dataset):
                     text = shuffle_sentences(text, self.text_shuffle_p, gen)
             images.append(image)
             texts.append(text)
-        if isinstance(texts[0], str):
-            return torch.stack(images), texts
-        return torch.stack(images), torch.stack(texts)
+        batch = (torch.stack(images), texts if isinstance(texts[0], str) else torch.stack(texts))
+        return (*batch, torch.stack(groups)) if groups else batch
 
 
 def _check_reports(name: str, images: Sequence[Path], reports) -> list[str]:
@@ -216,10 +228,11 @@ def lr_multiplier(step: int, warmup_steps: int, total_steps: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _loss(model: DualTowerClip, img_rows, txt_rows, img_cols, txt_cols, offset: int):
+def _loss(model: DualTowerClip, img_rows, txt_rows, img_cols, txt_cols, offset: int,
+          groups: torch.Tensor | None = None):
     return contrastive_loss(
         img_rows, txt_rows, img_cols, txt_cols, offset,
-        model.logit_scale, model.logit_bias_value(), model.config.loss,
+        model.logit_scale, model.logit_bias_value(), model.config.loss, groups,
     )
 
 
@@ -227,23 +240,54 @@ def _loss(model: DualTowerClip, img_rows, txt_rows, img_cols, txt_cols, offset: 
 def evaluate_loss(model: DualTowerClip, loader: DataLoader, device: torch.device) -> float:
     """Mean in-batch loss (the model's loss kind) over fixed batches, no augmentation.
 
-    Batches of one pair are skipped: their contrastive loss is trivially zero.
+    Batches of one pair are skipped: their contrastive loss is trivially zero. Batches of
+    (images, texts, groups) use the multi-positive loss of those groups.
     """
+    return validate(model, loader, device)[0]
+
+
+VAL_RECALL_AT = (1, 5, 10)
+
+
+@torch.no_grad()
+def validate(model: DualTowerClip, loader: DataLoader, device: torch.device,
+             text_ids: torch.Tensor | None = None) -> tuple[float, float]:
+    """(evaluate_loss's mean in-batch loss, retrieval mean recall) over the validation pairs.
+
+    Mean recall: R@1/5/10 image->report and report->image over the whole validation pool
+    (normalized embeddings, as the evaluation computes them), a candidate counting as correct
+    when its `text_ids` entry equals the query's (the same report: other views of a study);
+    without `text_ids` only the pair itself. NaN without `text_ids`-free pairs to rank.
+    """
+    from cxr_assets.evaluate.retrieval import retrieval_metrics
+
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for images, texts in loader:
-        if images.shape[0] < 2:
-            continue
+    image_parts, text_parts = [], []
+    for images, texts, *groups in loader:
         if isinstance(texts, (list, tuple)):
             texts = model.text_tower.tokenize(list(texts))
         else:
             texts = texts.to(device)
         image_f, text_f, _ = model(images.to(device), texts)
-        total += float(_loss(model, image_f, text_f, image_f, text_f, 0)) * images.shape[0]
+        image_parts.append(F.normalize(image_f.float(), dim=-1).cpu())
+        text_parts.append(F.normalize(text_f.float(), dim=-1).cpu())
+        if images.shape[0] < 2:
+            continue
+        group = groups[0].to(device) if groups else None
+        total += float(_loss(model, image_f, text_f, image_f, text_f, 0, group)) * images.shape[0]
         count += images.shape[0]
     model.train(was_training)
-    return total / count if count else float("nan")
+    loss = total / count if count else float("nan")
+    recall = float("nan")
+    if image_parts and sum(len(p) for p in image_parts) >= 2:
+        image_emb, text_emb = torch.cat(image_parts).numpy(), torch.cat(text_parts).numpy()
+        if np.isfinite(image_emb).all() and np.isfinite(text_emb).all():
+            ids = None if text_ids is None else text_ids.numpy()
+            metrics = retrieval_metrics(image_emb, text_emb, VAL_RECALL_AT, text_groups=ids)
+            recall = metrics["grp_mean_recall" if ids is not None else "mean_recall"]
+    return loss, recall
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -320,20 +364,26 @@ def compute_gradients(
     world: int = 1,
     autocast: Callable[[], Any] = contextlib.nullcontext,
     scale_loss: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss,
+    groups: torch.Tensor | None = None,
 ) -> float:
     """Fill `.grad` with the gradient of the global-batch loss; return the global loss.
 
     `images`/`texts` are this process's local batch; the global batch is the concatenation of
-    all processes' local batches in rank order.
+    all processes' local batches in rank order. `groups` (this process's positive-group ids,
+    None = paired) are gathered the same way, so the positive mask covers the global batch.
     """
     n = images.shape[0]
     offset = rank * n
+    if groups is not None:
+        if groups.shape != (n,):
+            raise ValueError(f"groups must have shape ({n},), got {tuple(groups.shape)}")
+        groups = gather_features(groups.to(images.device), with_grad=False)
     if micro_batch is None or micro_batch >= n:
         with autocast():
             img_f = model.loss_image(images)
             txt_f = model.loss_text(texts)
         img_all, txt_all = gather_features(img_f), gather_features(txt_f)
-        loss = _loss(model, img_f, txt_f, img_all, txt_all, offset)
+        loss = _loss(model, img_f, txt_f, img_all, txt_all, offset, groups)
         scale_loss(loss).backward()
         _all_reduce_mean(_grads(model), world)
         value = loss.detach().clone()
@@ -365,7 +415,7 @@ def compute_gradients(
     txt_all = gather_features(torch.cat(txt_parts), with_grad=False).requires_grad_(True)
     # The full global loss on every process: its gradient w.r.t. logit_scale/bias is complete
     # here, and w.r.t. the features it is exact for every row, including other ranks'.
-    loss = _loss(model, img_all, txt_all, img_all, txt_all, 0)
+    loss = _loss(model, img_all, txt_all, img_all, txt_all, 0, groups)
     scale_loss(loss).backward()
     img_grad = img_all.grad[offset : offset + n]
     txt_grad = txt_all.grad[offset : offset + n]
@@ -405,6 +455,28 @@ def _autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def resolve_groups(name: str, positives: str, groups: Sequence | None,
+                   texts: np.ndarray | list[str]) -> torch.Tensor | None:
+    """Positive-group ids [N] for `clip.positives` (None for "paired", the one-positive loss)."""
+    if positives not in POSITIVE_KINDS:
+        raise ValueError(f"clip.positives must be one of {POSITIVE_KINDS}, got {positives!r}")
+    if positives == "paired":
+        return None
+    n = len(texts)
+    if groups is None:
+        if positives == "same_labels":
+            raise ValueError(
+                f"clip.positives=same_labels needs {name}_groups (one label-set key per pair, "
+                "e.g. from the report_labels table); pass them or use same_text / paired"
+            )
+        keys = texts if isinstance(texts, list) else [row.tobytes() for row in texts]
+    else:
+        keys = list(groups)
+        if len(keys) != n:
+            raise ValueError(f"{name}_groups has {len(keys)} keys but there are {n} {name} pairs")
+    return group_ids(keys)
+
+
 def train_clip(
     train_images: list[Path],
     train_text_emb: np.ndarray,
@@ -420,6 +492,8 @@ def train_clip(
     checkpoint_dir: Path | None = None,
     stop_after_steps: int | None = None,
     text_encoder_dir: Path | None = None,
+    train_groups: Sequence | None = None,
+    val_groups: Sequence | None = None,
 ) -> ClipTrainResult:
     """Train a DualTowerClip and return it with the weights of its best validation epoch.
 
@@ -432,6 +506,10 @@ def train_clip(
     `stop_after_steps` ends the loop early (a simulated interruption, for tests and tools).
     With `params.text_tower == "lora"` the text arguments are report strings and
     `text_encoder_dir` the saved TextEncoder run online with LoRA.
+    `train_groups` / `val_groups`: one hashable key per pair (report text, label set, ...);
+    with `params.positives` other than "paired", in-batch pairs with equal keys are positives
+    of each other. Without them, "same_text" groups identical texts (strings, or identical
+    cached embedding rows); "same_labels" needs them. Ignored with "paired".
     """
     online = params.text_tower == "lora"
     if online:
@@ -448,6 +526,8 @@ def train_clip(
         raise ValueError(
             f"val_text_emb dim {val_text.shape[1]} != train_text_emb dim {train_text.shape[1]}"
         )
+    train_ids = resolve_groups("train", params.positives, train_groups, train_text)
+    val_ids = resolve_groups("val", params.positives, val_groups, val_text)
     rank, world, local_rank = init_distributed(params.distributed.backend)
     device = torch.device(device) if device is not None else resolve_device(params.device, local_rank)
     previous_threads = torch.get_num_threads()
@@ -461,6 +541,7 @@ def train_clip(
                 train_images, train_text, val_images, val_text, params, text_encoder_hash,
                 seed, progress and rank == 0, log_fn if rank == 0 else None, device,
                 rank, world, checkpoint_dir, stop_after_steps, text_encoder_dir,
+                train_ids, val_ids,
             ).run()
     finally:
         torch.set_num_threads(previous_threads)
@@ -469,7 +550,8 @@ def train_clip(
 class _Trainer:
     def __init__(self, train_images, train_text, val_images, val_text, params: ClipParams,
                  text_encoder_hash, seed, progress, log_fn, device, rank, world,
-                 checkpoint_dir, stop_after_steps, text_encoder_dir=None) -> None:
+                 checkpoint_dir, stop_after_steps, text_encoder_dir=None, train_groups=None,
+                 val_groups=None) -> None:
         self.p, self.seed, self.progress, self.log_fn = params, seed, progress, log_fn
         self.device, self.rank, self.world = device, rank, world
         self.stop_after_steps = stop_after_steps
@@ -491,8 +573,12 @@ class _Trainer:
                 f"multiple of clip.micro_batch_size {micro}"
             )
         self.micro = micro
-        self.train_pairs = CachedPairDataset(train_images, train_text, params.image_size)
-        self.val_pairs = CachedPairDataset(val_images, val_text, params.image_size)
+        self.train_pairs = CachedPairDataset(train_images, train_text, params.image_size,
+                                             train_groups)
+        self.val_pairs = CachedPairDataset(val_images, val_text, params.image_size, val_groups)
+        # Validation reports that are the same text (other views of a study) for val_recall.
+        self.val_text_ids = group_ids(
+            val_text if isinstance(val_text, list) else [row.tobytes() for row in val_text])
         self.has_val = len(val_images) >= 2
         self.steps_per_epoch = len(train_images) // batch
         self.total_steps = self.steps_per_epoch * params.epochs
@@ -538,7 +624,7 @@ class _Trainer:
             "seed": seed, "text_encoder_hash": text_encoder_hash, "batch": batch,
             "train": [str(p) for p in train_images],
             "text": text_id,
-        })
+        } | ({} if train_groups is None else {"groups": train_groups.tolist()}))
         # Bookkeeping carried in checkpoints.
         self.step, self.history, self.epoch_losses = 0, [], []
         self.epoch_wait, self.epoch_seconds = 0.0, 0.0
@@ -653,10 +739,12 @@ class _Trainer:
         self._sync_buffers()
         val_loader = DataLoader(self.val_pairs, batch_size=self.batch, shuffle=False)
         evaluated = self._eval_model()
-        val_loss = evaluate_loss(evaluated, val_loader, self.device) if self.has_val else math.nan
+        val_loss, val_recall = (validate(evaluated, val_loader, self.device, self.val_text_ids)
+                                if self.has_val else (math.nan, math.nan))
         train_loss = float(np.mean(self.epoch_losses))
         record = {
             "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss,
+            "val_recall": val_recall,
             "logit_scale": float(self.model.logit_scale.detach()),
             "lr": self.optimizer.param_groups[0]["lr"], "seconds": self.epoch_seconds,
             "data_wait_fraction": (self.epoch_wait / self.epoch_seconds
@@ -666,13 +754,31 @@ class _Trainer:
         if self.log_fn is not None:
             self.log_fn(self.step, {f"epoch_{k}": float(v) for k, v in record.items()
                                     if k != "epoch"} | {"epoch": float(epoch)})
-        score = val_loss if self.has_val else train_loss
+        select = self.p.select_best
+        if not self.has_val:
+            score = train_loss
+        elif select == "val_recall":
+            # Higher recall is better; ties go to the later (longer trained) epoch.
+            score = -val_recall - 1e-9 * epoch
+        elif select == "last":
+            score = -float(epoch)
+        else:
+            score = val_loss
         if score < self.best_score:  # NaN never wins; the first finite epoch always does
             self.best_score, self.best_epoch = score, epoch
             self.best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
             if self.ckpt_dir is not None and self.rank == 0:
                 ckpt.save_checkpoint(self.ckpt_dir, ckpt.BEST, evaluated, None, self._meta())
         self.epoch_losses, self.epoch_wait, self.epoch_seconds = [], 0.0, 0.0
+
+    def _best_val_loss(self) -> float:
+        """Validation loss of the kept epoch (NaN without validation pairs)."""
+        if not self.has_val:
+            return float("nan")
+        for record in self.history:
+            if record["epoch"] == self.best_epoch:
+                return float(record["val_loss"])
+        return float("nan")
 
     def run(self) -> ClipTrainResult:
         from tqdm.auto import tqdm
@@ -689,7 +795,8 @@ class _Trainer:
         try:
             while self.step < end:
                 tick = time.perf_counter()
-                images, texts = next(loader)
+                images, texts, *groups = next(loader)
+                groups = groups[0].to(self.device) if groups else None
                 waited = time.perf_counter() - tick
                 images = images.to(self.device, non_blocking=True)
                 if isinstance(texts, list):  # report strings: tokenize for the online tower
@@ -698,7 +805,7 @@ class _Trainer:
                     texts = texts.to(self.device, non_blocking=True)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = compute_gradients(self.model, images, texts, self.micro, self.rank,
-                                         self.world, self.autocast, scale_loss)
+                                         self.world, self.autocast, scale_loss, groups)
                 self._optimizer_step()
                 self.step += 1
                 self.epoch_losses.append(loss)
@@ -733,7 +840,7 @@ class _Trainer:
         model.eval()
         return ClipTrainResult(
             model=model, history=self.history, best_epoch=self.best_epoch,
-            best_val_loss=self.best_score if self.has_val else float("nan"), steps=self.step,
+            best_val_loss=self._best_val_loss(), steps=self.step,
             seconds=time.perf_counter() - self.started, resumed_from_step=self.resumed_from,
             world_size=self.world,
         )

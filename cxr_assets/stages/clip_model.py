@@ -30,7 +30,7 @@ from cxr_assets.stages.base import (
     require,
     write_json,
 )
-from cxr_assets.stages.training_data import embedding_matrix, image_report_pairs
+from cxr_assets.stages.training_data import embedding_matrix, image_report_pairs, positive_keys
 
 
 def git_sha(root: Path) -> str:
@@ -69,13 +69,13 @@ def model_card(params: Params, paths: ProjectPaths, encoder_hash: str, result, n
         f"# {params.registry.model_name}: chest X-ray image-report CLIP model",
         "",
         "Image tower: timm `{}` ({} px, grayscale); text tower: {} adapted LLM encoder "
-        "`{}` with a {} adapter; shared dimension {}; loss `{}`.".format(
+        "`{}` with a {} adapter; shared dimension {}; loss `{}` (in-batch positives: {}).".format(
             c.vision_backbone, c.image_size,
             "frozen" if c.text_tower == "cached" else
             f"online LoRA-trained (r={c.text_lora.r}, merged into clip_model/text_encoder)",
             params.text_encoder.base_model,
             "LayerNorm + Linear" if c.text_adapter == "linear" else "residual MLP",
-            c.embed_dim, c.loss),
+            c.embed_dim, c.loss, c.positives),
         "",
         "## Lineage",
         f"- git commit: `{git_sha(paths.root)}`",
@@ -89,8 +89,8 @@ def model_card(params: Params, paths: ProjectPaths, encoder_hash: str, result, n
          f"{c.micro_batch_size or 'none'}), processes: {result.world_size}, "
          f"precision: {c.precision}, lr: {c.lr}"),
         (f"- steps: {result.steps} (resumed from step {result.resumed_from_step}), "
-         f"best epoch: {result.best_epoch}"),
-        f"- best validation loss: {result.best_val_loss:.4f}",
+         f"best epoch: {result.best_epoch} (kept by clip.select_best: {c.select_best})"),
+        f"- validation loss of that epoch: {result.best_val_loss:.4f}",
         "",
         "Evaluation metrics are added to this run by the evaluation_report asset.",
     ])
@@ -131,12 +131,19 @@ def train_from_catalog(params: Params, paths: ProjectPaths, progress: bool = Tru
         train_text, val_text = train["report"].to_list(), val["report"].to_list()
     else:
         train_text, val_text = embedding_matrix(train), embedding_matrix(val)
+    positives = params.clip.positives
+    if positives == "same_labels":
+        require("clip_model", {"report_texts": [paths.labels_table]})
+    elif positives == "same_text":
+        require("clip_model", {"report_texts": [paths.report_texts_table]})
     result = train_clip(
         [Path(p) for p in train["cache_path"]], train_text,
         [Path(p) for p in val["cache_path"]], val_text,
         params.clip, text_encoder_hash=encoder_hash, seed=params.project.seed, progress=progress,
         log_fn=log_fn, checkpoint_dir=checkpoint_dir(params, paths),
         text_encoder_dir=paths.text_encoder_dir,
+        train_groups=positive_keys(train, positives, paths),
+        val_groups=positive_keys(val, positives, paths),
     )
     return result, train, val, encoder_hash
 

@@ -64,11 +64,17 @@ def tower_embeddings(name: str, params: Params, paths: ProjectPaths, studies: pl
     raise ValueError(f"model_comparison: unknown text tower {name!r}")
 
 
-def _train_and_embed(params: Params, train: pl.DataFrame, val: pl.DataFrame, held: pl.DataFrame,
-                     emb: dict[str, np.ndarray], progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Train CLIP on (train, val) rows and embed the held-out rows' images and reports."""
+def _train_and_embed(params: Params, paths: ProjectPaths, train: pl.DataFrame, val: pl.DataFrame,
+                     held: pl.DataFrame, emb: dict[str, np.ndarray], progress: bool
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Train CLIP on (train, val) rows and embed the held-out rows' images and reports.
+
+    Same budget and in-batch positives (clip.positives) as clip_model, so towers differ only
+    in their report embeddings.
+    """
     from cxr_assets.clip.train import train_clip
     from cxr_assets.embed.images import embed_images, embed_texts
+    from cxr_assets.stages.training_data import positive_keys
 
     c = params.clip
     budget = c.model_copy(update={
@@ -82,7 +88,9 @@ def _train_and_embed(params: Params, train: pl.DataFrame, val: pl.DataFrame, hel
 
     result = train_clip([Path(p) for p in train["cache_path"]], rows(train),
                         [Path(p) for p in val["cache_path"]], rows(val), budget,
-                        text_encoder_hash="comparison", seed=params.project.seed, progress=progress)
+                        text_encoder_hash="comparison", seed=params.project.seed, progress=progress,
+                        train_groups=positive_keys(train, c.positives, paths),
+                        val_groups=positive_keys(val, c.positives, paths))
     images = embed_images(result.model, [Path(p) for p in held["cache_path"]], progress=False)
     return images, embed_texts(result.model, rows(held))
 
@@ -105,7 +113,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         "study_embeddings": [paths.study_embeddings_table],
         "report_embeddings": [paths.report_embeddings_table],
         "study_images": [paths.study_images_table], "study_splits": [paths.splits_table],
-        "report_texts": [paths.report_texts_table]})
+        "report_texts": [paths.report_texts_table, paths.labels_table]})
     cfg, ev = params.evaluation.comparison, params.evaluation
     out = paths.reports_dir / "comparison"
     out.mkdir(parents=True, exist_ok=True)
@@ -140,7 +148,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
                               np.asarray(pool["image_embedding"].to_list(), np.float32),
                               np.asarray(pool["report_embedding"].to_list(), np.float32)))
             continue
-        image_emb, text_emb = _train_and_embed(params, train, val, test, embeddings[tower], progress)
+        image_emb, text_emb = _train_and_embed(params, paths, train, val, test, embeddings[tower], progress)
         cells.append(cell(tower, "in_domain", train.height, test, image_emb, text_emb))
 
     if cfg.cross_site:
@@ -156,7 +164,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
             site_train, site_val, held = cross_site_split(pairs, sites, site)
             held = one_image_per_study(held)
             for tower in cfg.text_towers:
-                image_emb, text_emb = _train_and_embed(params, site_train, site_val, held,
+                image_emb, text_emb = _train_and_embed(params, paths, site_train, site_val, held,
                                                        embeddings[tower], progress)
                 cells.append(cell(tower, f"cross_site:{site}", site_train.height, held, image_emb, text_emb))
 

@@ -35,5 +35,38 @@ def one_image_per_study(pairs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def positive_keys(pairs: pl.DataFrame, positives: str, paths: ProjectPaths) -> list | None:
+    """One key per pair for `clip.positives` (equal keys = in-batch positives); None if paired.
+
+    same_text: the report text the embeddings were computed from (`report_for_training`), so
+    the views of one study and word-for-word identical reports share a key. same_labels: the
+    labeler's findings (observations labelled positive or uncertain, with that value;
+    negative and unmentioned ones do not count). A pair without report text or labels keys on
+    its study alone.
+    """
+    if positives == "paired":
+        return None
+    study = pairs.select("study_id")
+    if positives == "same_text":
+        texts = pl.read_parquet(paths.report_texts_table).select("study_id", "report_for_training")
+        joined = study.join(texts, on="study_id", how="left", maintain_order="left")
+        return [("text", t) if t else ("study", s)
+                for s, t in zip(joined["study_id"], joined["report_for_training"])]
+    if positives == "same_labels":
+        labels = pl.read_parquet(paths.labels_table)
+        observations = [c for c in labels.columns if c != "study_id"]
+        joined = study.join(labels, on="study_id", how="left", maintain_order="left")
+        found = set(labels["study_id"].to_list())
+        keys = []
+        for row in joined.iter_rows(named=True):
+            if row["study_id"] not in found:
+                keys.append(("study", row["study_id"]))
+                continue
+            keys.append(("labels", tuple((o, row[o]) for o in observations
+                                         if row[o] is not None and row[o] != 0)))
+        return keys
+    raise ValueError(f"clip.positives must be paired, same_text or same_labels, got {positives!r}")
+
+
 def embedding_matrix(frame: pl.DataFrame, column: str = "embedding") -> np.ndarray:
     return np.asarray(frame[column].to_list(), dtype=np.float32)

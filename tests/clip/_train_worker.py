@@ -1,6 +1,7 @@
 """Subprocess entry for the DDP and kill-and-resume tests (run as a script, or under torchrun).
 
-argv: spec.json. The spec names the pairs (.npz with paths and text), ClipParams overrides,
+argv: spec.json. The spec names the pairs (.npz with paths, text and optionally positive-group
+keys train_groups / val_groups), ClipParams overrides,
 the seed, an optional checkpoint dir, an optional step at which the process SIGKILLs itself,
 and where rank 0 writes the final weights (safetensors).
 """
@@ -39,6 +40,9 @@ def main(spec_file: str) -> None:
         params=ClipParams(**spec["params"]), text_encoder_hash="h", seed=spec["seed"],
         progress=False, log_fn=log_fn,
         checkpoint_dir=Path(spec["checkpoint_dir"]) if spec.get("checkpoint_dir") else None,
+        # Optional positive-group keys (clip.positives other than paired).
+        train_groups=data["train_groups"].tolist() if "train_groups" in data else None,
+        val_groups=data["val_groups"].tolist() if "val_groups" in data else None,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         state = {k: v.contiguous() for k, v in result.model.state_dict().items()}

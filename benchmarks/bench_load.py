@@ -16,6 +16,10 @@ peak RSS is its own:
   3. reports:   report_texts (sections + CheXpert labels), chunked;
   4. embed:     report_embeddings with the trained text encoder (artifacts/text_encoder) into
                 an empty embedding cache; skipped, and said so, when the encoder is missing.
+                CXR_BENCH_LOAD_ENCODER=tiny uses a tiny random Llama with the real tokenizer
+                instead (same stage code, cache and chunked writes; the model's cost removed),
+                so the memory shape at 50,000 reports is measurable in minutes, not hours;
+                CXR_BENCH_LOAD_ENCODER=<folder> any saved TextEncoder.
 Per stage: seconds (the stage call only; imports and model load excluded and shown apart),
 studies/s (and images/s for the image cache), peak RSS of the stage process (VmHWM), its RSS
 before the stage (after imports / model load), the growth above that, both per 1,000 studies,
@@ -43,7 +47,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results" / "load.json"
-ENCODER_DIR = ROOT / "artifacts" / "text_encoder"
+TRAINED_ENCODER_DIR = ROOT / "artifacts" / "text_encoder"
 STAGES = ("catalog", "images", "reports", "embed")
 IMAGE_PX = 64
 SEED = 11
@@ -121,12 +125,33 @@ def stage_reports(work: Path):
         "studies": m["n_reports"], "quarantined": m["n_quarantined"]})
 
 
+def encoder_dir() -> Path:
+    """The embed stage's encoder: CXR_BENCH_LOAD_ENCODER unset/"trained" = the pipeline's
+    artifacts/text_encoder, else a folder (main() turns "tiny" into one it builds)."""
+    choice = os.environ.get("CXR_BENCH_LOAD_ENCODER", "trained")
+    return TRAINED_ENCODER_DIR if choice == "trained" else Path(choice)
+
+
+def build_tiny_encoder(base: Path) -> Path:
+    """A saved TextEncoder over a tiny random bidirectional Llama (built once under `base`)."""
+    from cxr_assets.text.encoder import TextEncoder
+    from cxr_assets.text.tiny import make_tiny_causal_lm
+
+    folder = base / "tiny_text_encoder"
+    if not (folder / "encoder_config.json").is_file():
+        model = make_tiny_causal_lm(base / "tiny_llm", hidden_size=64, layers=2)
+        TextEncoder.from_base(model, pooling="mean", max_length=512).save_pretrained(folder)
+    return folder
+
+
 def stage_embed(work: Path):
-    # report_embeddings: the trained text encoder, into an empty embedding cache, streamed write.
+    # report_embeddings: the chosen text encoder, into an empty embedding cache, streamed write.
     encoder_link = work / "artifacts" / "text_encoder"
     encoder_link.parent.mkdir(parents=True, exist_ok=True)
+    if encoder_link.is_symlink() and encoder_link.resolve() != encoder_dir().resolve():
+        encoder_link.unlink()  # a reused work folder measured with another encoder before
     if not encoder_link.exists():
-        encoder_link.symlink_to(ENCODER_DIR, target_is_directory=True)
+        encoder_link.symlink_to(encoder_dir(), target_is_directory=True)
     return _stage_runner("report_embeddings", work, [work / "cxr_cache" / "embeddings"], lambda m: {
         "studies": m["n_reports"], "encoded": m["n_encoded_now"], "dim": m["dim"],
         "threads": int(os.environ.get("CXR_BENCH_LOAD_THREADS", "2")), "batch_size": EMBED_BATCH})
@@ -241,8 +266,13 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown stage(s) {sorted(unknown)}; known: {', '.join(STAGES)}")
     notes = []
-    if "embed" in stages and not (ENCODER_DIR / "encoder_config.json").is_file():
-        notes.append(f"embed skipped: no trained text encoder at {ENCODER_DIR} (run the pipeline first)")
+    if "embed" in stages and os.environ.get("CXR_BENCH_LOAD_ENCODER") == "tiny":
+        base = Path(os.environ.get("CXR_BENCH_LOAD_DATA") or tempfile.mkdtemp(prefix="cxr_bench_tiny_"))
+        os.environ["CXR_BENCH_LOAD_ENCODER"] = str(build_tiny_encoder(base))  # children read it
+        notes.append("embed uses a tiny random Llama (2 layers, hidden 64, real SmolLM2 tokenizer): "
+                     "the stage's memory shape and I/O without the production model's compute")
+    if "embed" in stages and not (encoder_dir() / "encoder_config.json").is_file():
+        notes.append(f"embed skipped: no text encoder at {encoder_dir()} (run the pipeline first)")
         stages.remove("embed")
     sizes = sizes_to_run()
     keep = os.environ.get("CXR_BENCH_LOAD_KEEP") == "1"
@@ -291,6 +321,7 @@ def main() -> None:
     RESULTS.write_text(json.dumps({
         "sizes": sizes, "stages": stages, "image_px": IMAGE_PX, "workers": WORKERS,
         "embed_batch_size": EMBED_BATCH, "cpus": os.cpu_count(), "notes": notes,
+        "embed_encoder": str(encoder_dir()) if "embed" in stages else None,
         "generated": {str(k): v for k, v in generated.items()}, "rows": rows, "growth": growth,
     }, indent=2) + "\n")
     print(f"\nwrote {RESULTS.relative_to(ROOT)}")

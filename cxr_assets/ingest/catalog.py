@@ -846,7 +846,9 @@ def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
 
 
 _GLOB_CHARS = frozenset("*?[]{}")
-_DUCKDB_CONFIG = {"threads": 1}  # the catalog is small: one thread needs the least memory
+# One thread needs the least memory; the buffer-pool cap keeps DuckDB's sort and table load from
+# growing with the catalog (by default it may take 80% of RAM): past it, DuckDB spills to disk.
+_DUCKDB_CONFIG = {"threads": 1, "memory_limit": "192MB"}
 
 
 def _sql_string(value: object) -> str:
@@ -884,6 +886,7 @@ def write_duckdb_tables(db_path: Path, tables: dict[str, pl.DataFrame | Path]) -
     con = duckdb.connect(str(db_path))
     try:
         con.execute(f"SET threads = {_DUCKDB_CONFIG['threads']}")
+        con.execute(f"SET memory_limit = '{_DUCKDB_CONFIG['memory_limit']}'")
         con.begin()
         for name, table in tables.items():
             if isinstance(table, pl.DataFrame) or _GLOB_CHARS & set(str(table)):

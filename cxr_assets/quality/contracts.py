@@ -151,72 +151,230 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
+# Expectations GX decides row by row: a table passes when every chunk of it passes, so they run
+# on bounded chunks. With a `mostly` fraction they are whole-column decisions and do not.
+ROW_WISE = frozenset({
+    "expect_column_values_to_not_be_null",
+    "expect_column_values_to_be_null",
+    "expect_column_values_to_be_between",
+    "expect_column_values_to_be_in_set",
+    "expect_column_values_to_not_be_in_set",
+    "expect_column_values_to_match_regex",
+    "expect_column_values_to_not_match_regex",
+    "expect_column_value_lengths_to_be_between",
+})
+# Expectations about the column names only: a zero-row frame with the table's schema suffices.
+SCHEMA_ONLY = frozenset({
+    "expect_table_columns_to_match_set",
+    "expect_table_columns_to_match_ordered_list",
+    "expect_table_column_count_to_equal",
+    "expect_table_column_count_to_be_between",
+    "expect_column_to_exist",
+})
+CONTRACT_CHUNK_ROWS = 50_000
+_COUNT_KEYS = ("element_count", "missing_count", "unexpected_count")
+_PARTIAL_LIMIT = 20
+
+
+class _Table:
+    """The validated table as pandas pieces: chunks of rows, a column subset, or its schema.
+
+    Accepts a pandas or Polars frame or a Parquet file; only the pieces asked for are ever
+    converted to pandas (the memory-hungry form), so a large table is never held whole.
+    """
+
+    def __init__(self, data: Any) -> None:
+        import pandas as pd
+        import polars as pl
+
+        if isinstance(data, (str, Path)):
+            path = Path(data)
+            if not path.is_file():
+                raise FileNotFoundError(f"run_contract: table file {path} does not exist")
+            self.kind, self.data = "parquet", path
+            self.columns = list(pl.scan_parquet(path).collect_schema().names())
+            from cxr_assets.parquet_io import parquet_rows
+
+            self.rows = parquet_rows(path)
+        elif isinstance(data, pl.DataFrame):
+            self.kind, self.data, self.columns, self.rows = "polars", data, data.columns, data.height
+        elif isinstance(data, pd.DataFrame):
+            self.kind, self.data = "pandas", data
+            self.columns, self.rows = [str(c) for c in data.columns], len(data)
+        else:
+            raise TypeError(
+                "run_contract needs a pandas or Polars DataFrame or a Parquet path, got "
+                f"{type(data).__name__}"
+            )
+
+    def _present(self, columns: list[str]) -> list[str]:
+        # A column the table lacks is left out: GX then reports it missing in the expectation.
+        return [c for c in self.columns if c in set(columns)]
+
+    def subset(self, columns: list[str]) -> pandas.DataFrame:
+        """All rows of `columns` (at least one column, so row counts stay right)."""
+        import polars as pl
+
+        columns = self._present(columns) or self.columns[:1]
+        if self.kind == "pandas":
+            return self.data[columns]
+        if self.kind == "polars":
+            return self.data.select(columns).to_pandas()
+        return pl.read_parquet(self.data, columns=columns).to_pandas()
+
+    def schema_frame(self) -> pandas.DataFrame:
+        if self.kind == "pandas":
+            return self.data.iloc[0:0]
+        if self.kind == "polars":
+            return self.data.head(0).to_pandas()
+        import polars as pl
+
+        return pl.scan_parquet(self.data).head(0).collect().to_pandas()
+
+    def chunks(self, columns: list[str], chunk_rows: int):
+        """`columns` in frames of at most chunk_rows rows (one frame for an empty table)."""
+        from cxr_assets.parquet_io import iter_parquet_chunks
+
+        columns = self._present(columns) or self.columns[:1]
+        if self.kind == "parquet":
+            for chunk in iter_parquet_chunks(self.data, chunk_rows, columns):
+                yield chunk.to_pandas()
+            return
+        for offset in range(0, max(self.rows, 1), chunk_rows):
+            if self.kind == "pandas":
+                yield self.data[columns].iloc[offset : offset + chunk_rows]
+            else:
+                yield self.data.select(columns).slice(offset, chunk_rows).to_pandas()
+
+
+def _referenced_columns(kwargs: Mapping[str, Any]) -> list[str]:
+    names = [kwargs.get(k) for k in ("column", "column_A", "column_B")]
+    names += list(kwargs.get("column_list") or [])
+    return [str(n) for n in names if n]
+
+
+def _build_suite(name: str, items: list[tuple[int, dict]]):
+    import great_expectations as gx
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    suite = gx.ExpectationSuite(name=name)
+    for index, item in items:
+        try:
+            config = ExpectationConfiguration(
+                type=item["type"], kwargs=item["kwargs"],
+                meta={**item["meta"], "_cxr_index": index},  # maps results back to the suite
+            )
+            suite.add_expectation(config.to_domain_obj())
+        except Exception as error:  # noqa: BLE001 - GX validates kwargs with many error types
+            raise ContractError(
+                f"suite {name!r} [{index}] {item['type']}: invalid expectation ({error})"
+            ) from None
+    return suite
+
+
+def _outcome(result) -> tuple[int, dict]:
+    """(suite index, {success, details}) of one GX expectation result."""
+    config = result.expectation_config
+    meta = dict(config.meta or {})
+    index = int(meta.pop("_cxr_index"))
+    details = {k: v for k, v in dict(result.result or {}).items()
+               if k not in ("partial_unexpected_index_list", "partial_unexpected_counts")}
+    info = result.exception_info or {}
+    if info.get("raised_exception"):
+        details["exception"] = info.get("exception_message")
+    details["kwargs"] = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+    details["meta"] = meta
+    return index, {"success": bool(result.success), "details": details}
+
+
+def _merge_chunk(previous: dict | None, current: dict) -> dict:
+    """Combine one row-wise expectation's outcomes over chunks: counts add up, samples are
+    kept up to a limit, and the expectation fails when any chunk fails."""
+    if previous is None:
+        return {**current, "details": {**current["details"], "chunks": 1,
+                                       "chunks_failed": int(not current["success"])}}
+    merged, new = dict(previous["details"]), current["details"]
+    for key in _COUNT_KEYS:
+        if key in new:
+            merged[key] = merged.get(key, 0) + new[key]
+    sample = list(merged.get("partial_unexpected_list") or [])
+    sample += list(new.get("partial_unexpected_list") or [])
+    if sample:
+        merged["partial_unexpected_list"] = sample[:_PARTIAL_LIMIT]
+    if "exception" in new and "exception" not in merged:
+        merged["exception"] = new["exception"]
+    merged["chunks"] += 1
+    merged["chunks_failed"] += int(not current["success"])
+    if {"element_count", "unexpected_count"} <= merged.keys():
+        considered = merged["element_count"] - merged.get("missing_count", 0)
+        merged["unexpected_percent"] = (100.0 * merged["unexpected_count"] / considered
+                                        if considered else 0.0)
+    return {"success": previous["success"] and current["success"], "details": merged}
+
+
 def run_contract(
-    df: pandas.DataFrame,
+    data: Any,
     suite_name: str,
     contracts_dir: Path,
     overrides: dict | None = None,
+    chunk_rows: int = CONTRACT_CHUNK_ROWS,
 ) -> ContractResult:
-    """Validate a pandas DataFrame against data_contracts/expectations/<suite_name>.json."""
-    import pandas as pd
+    """Validate a table (pandas or Polars frame, or a Parquet file) against
+    data_contracts/expectations/<suite_name>.json.
 
-    if not isinstance(df, pd.DataFrame):
-        raise TypeError(
-            f"run_contract needs a pandas DataFrame, got {type(df).__name__} (use .to_pandas())"
-        )
+    Memory stays bounded for large tables: row-wise expectations (not null, in set, between,
+    regex, lengths; without `mostly`) run on chunks of `chunk_rows` rows and are merged,
+    schema expectations on a zero-row frame, and the rest (uniqueness, row counts, column
+    statistics) on only the columns they name. The verdict equals a whole-table run.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
     expectations = load_suite(contracts_dir, suite_name, overrides)
+    table = _Table(data)
+    row_wise, schema, whole = [], [], []
+    for index, item in enumerate(expectations):
+        if item["type"] in SCHEMA_ONLY:
+            schema.append((index, item))
+        elif item["type"] in ROW_WISE and item["kwargs"].get("mostly") is None:
+            row_wise.append((index, item))
+        else:
+            whole.append((index, item))
 
+    outcomes: dict[int, dict] = {}
     with _GX_LOCK:  # the shared context is not thread-safe
-        import great_expectations as gx
-        from great_expectations.expectations.expectation_configuration import (
-            ExpectationConfiguration,
-        )
+        batch_definition = _gx_batch_definition()  # also makes the context active for suites
 
-        batch_definition = _gx_batch_definition()  # also makes the context active for the suite
-        suite = gx.ExpectationSuite(name=suite_name)
-        for i, item in enumerate(expectations):
-            try:
-                config = ExpectationConfiguration(
-                    type=item["type"], kwargs=item["kwargs"], meta=item["meta"]
-                )
-                suite.add_expectation(config.to_domain_obj())
-            except Exception as error:  # noqa: BLE001 - GX validates kwargs with many error types
-                raise ContractError(
-                    f"suite {suite_name!r} [{i}] {item['type']}: invalid expectation ({error})"
-                ) from None
-        batch = batch_definition.get_batch(batch_parameters={"dataframe": df})
-        outcome = batch.validate(suite, result_format="SUMMARY")
+        def validate(items: list[tuple[int, dict]], frame) -> list[tuple[int, dict]]:
+            suite = _build_suite(suite_name, items)
+            batch = batch_definition.get_batch(batch_parameters={"dataframe": frame})
+            return [_outcome(r) for r in batch.validate(suite, result_format="SUMMARY").results]
+
+        if schema:
+            outcomes.update(validate(schema, table.schema_frame()))
+        if whole:
+            columns = sorted({c for _, item in whole for c in _referenced_columns(item["kwargs"])})
+            outcomes.update(validate(whole, table.subset(columns)))
+        if row_wise:
+            columns = sorted({c for _, item in row_wise
+                              for c in _referenced_columns(item["kwargs"])})
+            for chunk in table.chunks(columns, chunk_rows):
+                for index, outcome in validate(row_wise, chunk):
+                    outcomes[index] = _merge_chunk(outcomes.get(index), outcome)
 
     failed = []
-    for result in outcome.results:
-        if result.success:
+    for index in sorted(outcomes):
+        if outcomes[index]["success"]:
             continue
-        config = result.expectation_config
-        details = {
-            k: v
-            for k, v in dict(result.result or {}).items()
-            if k != "partial_unexpected_index_list"
-        }
-        info = result.exception_info or {}
-        if info.get("raised_exception"):
-            details["exception"] = info.get("exception_message")
-        failed.append(
-            {
-                "expectation": config.type,
-                "column": config.kwargs.get("column"),
-                "details": _jsonable(
-                    {
-                        **details,
-                        "kwargs": {k: v for k, v in config.kwargs.items() if k != "batch_id"},
-                        "meta": config.meta or {},
-                    }
-                ),
-            }
-        )
+        item = expectations[index]
+        failed.append({
+            "expectation": item["type"],
+            "column": item["kwargs"].get("column"),
+            "details": _jsonable(outcomes[index]["details"]),
+        })
     return ContractResult(
         suite=suite_name,
-        success=bool(outcome.success),
-        n_expectations=len(outcome.results),
+        success=not failed and len(outcomes) == len(expectations),
+        n_expectations=len(outcomes),
         failed=failed,
     )
 

@@ -26,11 +26,15 @@ def contract_overrides(params: Params) -> dict[str, Any]:
     }
 
 
-def contract_check(frame: Any, suite: str, params: Params, blocking: bool) -> CheckOutcome:
-    """Validate a Polars frame against data_contracts/expectations/<suite>.json."""
+def contract_check(table: Any, suite: str, params: Params, blocking: bool) -> CheckOutcome:
+    """Validate a table (Polars frame or Parquet file) against data_contracts/expectations/<suite>.json.
+
+    Pass the written Parquet file for tables that grow with the data: the contract then reads
+    it in chunks instead of converting the whole table to pandas.
+    """
     from cxr_assets.quality.contracts import run_contract
 
-    result = run_contract(frame.to_pandas(), suite, CONTRACTS_DIR, overrides=contract_overrides(params))
+    result = run_contract(table, suite, CONTRACTS_DIR, overrides=contract_overrides(params))
     failed = [f"{f.get('expectation')}({f.get('column') or ''})" for f in result.failed]
     return CheckOutcome(
         name=f"{suite}_contract",

@@ -9,6 +9,8 @@ quarantined.
 
 from __future__ import annotations
 
+import polars as pl
+
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import CheckOutcome, Markdown, StageResult, TablePreview, require
@@ -45,14 +47,17 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         ).group_by("reason").len().sort("len", descending=True).head(12).to_dicts()
         if result.quarantine.height else []
     )
+    # Summaries from the written files (lazy scans), so the tables need not be loaded here.
+    studies, images = pl.scan_parquet(written["studies"]), pl.scan_parquet(written["images"])
     checks = [
         CheckOutcome(
             "accounting_balanced", bool(books["balanced"]), blocking=True,
             description="every input is catalogued or quarantined",
             metadata=dict(books),
         ),
-        contract_check(result.studies, "studies", params, blocking=True),
-        contract_check(result.images, "images", params, blocking=True),
+        # The written files, read in chunks: the tables themselves may never be loaded whole.
+        contract_check(written["studies"], "studies", params, blocking=True),
+        contract_check(written["images"], "images", params, blocking=True),
     ]
     return StageResult(
         "raw_studies",
@@ -62,20 +67,20 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
             "raw_dir": paths.raw_dir,
             "layout": Markdown("\n".join(f"- {note}" for note in result.notes)),
             "n_inputs": result.n_inputs,
-            "n_studies": result.studies.height,
-            "n_images": result.images.height,
-            "n_patients": result.studies["patient_id"].n_unique() if result.studies.height else 0,
+            "n_studies": result.height("studies"),
+            "n_images": result.height("images"),
+            "n_patients": studies.select(pl.col("patient_id").n_unique()).collect().item(),
             "n_quarantined": result.quarantine.height,
             "n_reused_unchanged_files": result.n_reused,
             "n_phi_stripped": result.n_phi_stripped,
             "batches": TablePreview(result.batches.drop("path", "detected").to_dicts()),
             "quarantine_reasons": TablePreview(reasons),
             "view_positions": TablePreview(
-                result.images.group_by("view_position").len().sort("len", descending=True).to_dicts()
+                images.group_by("view_position").len().sort("len", descending=True).collect().to_dicts()
             ),
-            "image_formats": TablePreview(result.images.group_by("image_format").len().to_dicts()),
+            "image_formats": TablePreview(images.group_by("image_format").len().collect().to_dicts()),
             "catalog": paths.catalog_db,
-            "preview": TablePreview(result.studies.head(5).to_dicts()),
+            "preview": TablePreview(studies.head(5).collect().to_dicts()),
         },
         checks,
     )

@@ -200,8 +200,10 @@ def test_table_too_small_fails():
 def test_contract_errors(tmp_path):
     with pytest.raises(ContractError, match="no suite 'nope'"):
         run_contract(good_splits().to_pandas(), "nope", CONTRACTS)
-    with pytest.raises(TypeError, match="pandas DataFrame"):
-        run_contract(good_splits(), "splits", CONTRACTS)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pandas or Polars DataFrame or a Parquet path"):
+        run_contract(good_splits().to_dicts(), "splits", CONTRACTS)  # type: ignore[arg-type]
+    with pytest.raises(FileNotFoundError, match="missing.parquet"):
+        run_contract(tmp_path / "missing.parquet", "splits", CONTRACTS)
     suites = tmp_path / "expectations"
     suites.mkdir()
     (suites / "odd.json").write_text(

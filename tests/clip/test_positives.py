@@ -29,6 +29,7 @@ from cxr_assets.clip.train import (
     train_clip,
 )
 from cxr_assets.config import ClipParams, ParamsError, parse_params
+from tests.clip._gradcheck import assert_micro_batches_match, grads
 
 KINDS = ["infonce", "siglip", "reference"]
 TEXT_DIM = 24
@@ -143,10 +144,6 @@ def test_positive_mask_rejects_bad_groups():
         positive_mask(torch.zeros(4), 0, 4, 4)
 
 
-def _grads(model):
-    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcache_with_groups_equals_full_batch_gradient(kind):
     torch.manual_seed(0)
@@ -160,26 +157,18 @@ def test_gradcache_with_groups_equals_full_batch_gradient(kind):
 
     model.zero_grad(set_to_none=True)
     full = compute_gradients(model, images, texts, micro_batch=None, groups=groups)
-    reference = _grads(model)
+    reference = grads(model)
     # The multi-positive loss over one global batch, computed directly.
     with torch.no_grad():
         img_f, txt_f = model.loss_image(images), model.loss_text(texts)
         direct = contrastive_loss(img_f, txt_f, img_f, txt_f, 0, model.logit_scale,
                                   model.logit_bias_value(), kind, groups)
     assert full == pytest.approx(float(direct), rel=1e-12)
-    for micro in (1, 4, 8):
-        model.zero_grad(set_to_none=True)
-        cached = compute_gradients(model, images, texts, micro_batch=micro, groups=groups)
-        got = _grads(model)
-        assert cached == pytest.approx(full, rel=1e-12)
-        assert got.keys() == reference.keys()
-        for name in reference:
-            torch.testing.assert_close(got[name], reference[name], rtol=1e-9, atol=1e-12,
-                                       msg=f"{kind} micro={micro}: {name}")
+    assert_micro_batches_match(model, images, texts, full, reference, kind, groups=groups)
     # The groups change the gradient (the check is not vacuous).
     model.zero_grad(set_to_none=True)
     compute_gradients(model, images, texts, micro_batch=4)
-    assert any(not torch.allclose(_grads(model)[n], reference[n]) for n in reference)
+    assert any(not torch.allclose(grads(model)[n], reference[n]) for n in reference)
     with pytest.raises(ValueError, match="groups must have shape"):
         compute_gradients(model, images, texts, micro_batch=4, groups=groups[:8])
 

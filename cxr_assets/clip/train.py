@@ -141,7 +141,10 @@ class StepBatches(Dataset):
         epoch, index = divmod(step, self.steps_per_epoch)
         order = epoch_order(len(self.pairs), self.seed, epoch)
         start = index * self.global_batch + self.rank * self.local
-        images, texts, groups = [], [], []
+        # Images go straight into one preallocated batch tensor: a list of images plus its
+        # stacked copy would hold a large effective batch (GradCache) twice.
+        images: torch.Tensor | None = None
+        texts, groups = [], []
         for position, item in enumerate(order[start : start + self.local].tolist()):
             image, text, *group = self.pairs[item]
             groups.extend(group)
@@ -155,9 +158,11 @@ class StepBatches(Dataset):
                     from cxr_assets.clip.text_tower import shuffle_sentences
 
                     text = shuffle_sentences(text, self.text_shuffle_p, gen)
-            images.append(image)
+            if images is None:
+                images = torch.empty((self.local, *image.shape), dtype=image.dtype)
+            images[position] = image
             texts.append(text)
-        batch = (torch.stack(images), texts if isinstance(texts[0], str) else torch.stack(texts))
+        batch = (images, texts if isinstance(texts[0], str) else torch.stack(texts))
         return (*batch, torch.stack(groups)) if groups else batch
 
 

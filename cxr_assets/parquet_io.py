@@ -17,7 +17,7 @@ import polars as pl
 
 def parquet_rows(path: Path) -> int:
     """Row count of a Parquet file, from its footer (no column is read)."""
-    return pl.scan_parquet(path).select(pl.len()).collect().item()
+    return pl.scan_parquet(path, glob=False).select(pl.len()).collect().item()
 
 
 def iter_parquet_chunks(
@@ -31,7 +31,7 @@ def iter_parquet_chunks(
     big row group is decoded up to that group's size per chunk). An empty file gives one empty
     frame with the file's schema, so callers always see the columns.
     """
-    scan = pl.scan_parquet(path)
+    scan = pl.scan_parquet(path, glob=False)
     if columns:
         scan = scan.select(columns)
     total = parquet_rows(path)

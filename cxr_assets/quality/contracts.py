@@ -192,7 +192,7 @@ class _Table:
             if not path.is_file():
                 raise FileNotFoundError(f"run_contract: table file {path} does not exist")
             self.kind, self.data = "parquet", path
-            self.columns = list(pl.scan_parquet(path).collect_schema().names())
+            self.columns = list(pl.scan_parquet(path, glob=False).collect_schema().names())
             from cxr_assets.parquet_io import parquet_rows
 
             self.rows = parquet_rows(path)
@@ -220,7 +220,7 @@ class _Table:
             return self.data[columns]
         if self.kind == "polars":
             return self.data.select(columns).to_pandas()
-        return pl.read_parquet(self.data, columns=columns).to_pandas()
+        return pl.read_parquet(self.data, columns=columns, glob=False).to_pandas()
 
     def schema_frame(self) -> pandas.DataFrame:
         if self.kind == "pandas":
@@ -229,7 +229,7 @@ class _Table:
             return self.data.head(0).to_pandas()
         import polars as pl
 
-        return pl.scan_parquet(self.data).head(0).collect().to_pandas()
+        return pl.scan_parquet(self.data, glob=False).head(0).collect().to_pandas()
 
     def chunks(self, columns: list[str], chunk_rows: int):
         """`columns` in frames of at most chunk_rows rows (one frame for an empty table)."""

@@ -48,7 +48,8 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         if result.quarantine.height else []
     )
     # Summaries from the written files (lazy scans), so the tables need not be loaded here.
-    studies, images = pl.scan_parquet(written["studies"]), pl.scan_parquet(written["images"])
+    studies = pl.scan_parquet(written["studies"], glob=False)
+    images = pl.scan_parquet(written["images"], glob=False)
     checks = [
         CheckOutcome(
             "accounting_balanced", bool(books["balanced"]), blocking=True,

@@ -86,3 +86,16 @@ def test_empty_table_and_bad_chunk_size(tmp_path):
     assert result.n_expectations == run_contract(empty, "splits", CONTRACTS).n_expectations
     with pytest.raises(ValueError, match="chunk_rows"):
         run_contract(empty, "splits", CONTRACTS, chunk_rows=0)
+
+
+def test_parquet_path_with_glob_characters(tmp_path):
+    # A folder named like "site[1]" must be read as written, not expanded as a pattern.
+    folder = tmp_path / "site[1] *?"
+    folder.mkdir()
+    path = folder / "studies.parquet"
+    good_studies().write_parquet(path)
+    assert run_contract(path, "studies", CONTRACTS, chunk_rows=3).success
+    broken = folder / "broken.parquet"
+    good_studies().with_columns(pl.lit(None, dtype=pl.String).alias("source")).write_parquet(broken)
+    assert _failed(run_contract(broken, "studies", CONTRACTS, chunk_rows=3)) == {
+        ("expect_column_values_to_not_be_null", "source")}

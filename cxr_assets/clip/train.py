@@ -460,6 +460,17 @@ def _autocast_factory(precision: str, device: torch.device) -> Callable[[], Any]
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def epoch_score(select_best: str, record: dict) -> float:
+    """Lower is better: how `clip.select_best` ranks an epoch's record (epoch, val_loss,
+    val_recall). NaN never wins."""
+    if select_best == "val_recall":
+        # Higher recall is better; ties go to the later (longer trained) epoch.
+        return -record["val_recall"] - 1e-9 * record["epoch"]
+    if select_best == "last":
+        return -float(record["epoch"])
+    return record["val_loss"]
+
+
 def resolve_groups(name: str, positives: str, groups: Sequence | None,
                    texts: np.ndarray | list[str]) -> torch.Tensor | None:
     """Positive-group ids [N] for `clip.positives` (None for "paired", the one-positive loss)."""
@@ -759,16 +770,7 @@ class _Trainer:
         if self.log_fn is not None:
             self.log_fn(self.step, {f"epoch_{k}": float(v) for k, v in record.items()
                                     if k != "epoch"} | {"epoch": float(epoch)})
-        select = self.p.select_best
-        if not self.has_val:
-            score = train_loss
-        elif select == "val_recall":
-            # Higher recall is better; ties go to the later (longer trained) epoch.
-            score = -val_recall - 1e-9 * epoch
-        elif select == "last":
-            score = -float(epoch)
-        else:
-            score = val_loss
+        score = epoch_score(self.p.select_best, record) if self.has_val else train_loss
         if score < self.best_score:  # NaN never wins; the first finite epoch always does
             self.best_score, self.best_epoch = score, epoch
             self.best_state = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}

@@ -88,3 +88,20 @@ def test_select_best_is_validated():
     assert ClipParams().select_best == "val_loss"
     with pytest.raises(ParamsError, match=r"clip\.select_best: got 'best'"):
         parse_params({"clip": {"select_best": "best"}}, "params.yaml")
+
+
+def test_each_selector_picks_its_own_epoch_from_one_history():
+    # A history where the three rules disagree (the training run above happens to agree).
+    from cxr_assets.clip.train import epoch_score
+
+    history = [{"epoch": 1, "val_loss": 2.0, "val_recall": 0.30},
+               {"epoch": 2, "val_loss": 2.5, "val_recall": 0.50},
+               {"epoch": 3, "val_loss": 2.6, "val_recall": 0.50},
+               {"epoch": 4, "val_loss": 2.9, "val_recall": 0.40},
+               {"epoch": 5, "val_loss": float("nan"), "val_recall": float("nan")}]
+    finite = history[:4]  # the trainer's `<` comparison never lets a NaN epoch win
+    picked = {s: min(finite, key=lambda r, s=s: epoch_score(s, r))["epoch"]
+              for s in ("val_loss", "val_recall")}
+    assert picked == {"val_loss": 1, "val_recall": 3}  # recall tie 2/3: the later epoch
+    assert min(history, key=lambda r: epoch_score("last", r))["epoch"] == 5
+    assert not epoch_score("val_loss", history[4]) < epoch_score("val_loss", history[0])

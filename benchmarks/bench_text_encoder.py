@@ -8,6 +8,12 @@ llm2vec 0.2.3 pins transformers 4.44, so it runs from its own virtual environmen
 converted as ../shared/docs/PEER_BASELINES.md describes. Agreement: cosine of each candidate's
 embeddings against ours in fp32.
 
+Compute ceiling: a last subprocess times the model's own Linear shapes (q/k/v/o, gate/up/down
+of every layer, on 2,048 token rows) with the same 2 threads, in fp32 and bf16, and counts the
+real tokens of the reports. tokens x (Linear time per token) is the time the matrix products
+alone need on this CPU, whatever the library: its inverse is a ceiling on reports/s (attention,
+norms and activations come on top), printed beside the candidates.
+
     python benchmarks/bench_text_encoder.py            # or: python benchmarks/run.py text_encoder
     BENCH_SKIP_LLM2VEC=1 python benchmarks/bench_text_encoder.py   # without the peer venv
     BENCH_N_REPORTS=128 BENCH_CANDIDATES=llm2vec_fp32,ours_fp32 python benchmarks/bench_text_encoder.py
@@ -102,6 +108,48 @@ def worker(name: str, out: Path) -> None:
     seconds = time.perf_counter() - start
     np.save(out.with_suffix(".npy"), np.asarray(vectors, dtype=np.float32))
     out.write_text(json.dumps({"seconds": seconds, "peak_mb": _peak_mb(), "n": len(texts)}))
+
+
+def linear_ceiling(out: Path) -> None:
+    """Time the model's Linear layers per token (fp32, bf16) and count the reports' real tokens."""
+    import torch
+    from transformers import AutoConfig, AutoTokenizer
+
+    torch.set_num_threads(THREADS)
+    folder = smollm2_folder()
+    config = AutoConfig.from_pretrained(folder)
+    hidden, inner = config.hidden_size, config.intermediate_size
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    kv = config.num_key_value_heads * head_dim
+    # (in, out) of every Linear in one decoder layer: q, k, v, o, gate, up, down.
+    shapes = [(hidden, hidden), (hidden, kv), (hidden, kv), (hidden, hidden),
+              (hidden, inner), (hidden, inner), (inner, hidden)]
+    rows = 2048
+    per_token: dict[str, float] = {}
+    gflops: dict[str, float] = {}
+    for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        layer_s = 0.0
+        for fan_in, fan_out in shapes:
+            x = torch.randn(rows, fan_in, dtype=dtype)
+            w = torch.randn(fan_out, fan_in, dtype=dtype)
+            with torch.inference_mode():
+                for _ in range(3):
+                    torch.nn.functional.linear(x, w)
+                start, reps = time.perf_counter(), 10
+                for _ in range(reps):
+                    torch.nn.functional.linear(x, w)
+            layer_s += (time.perf_counter() - start) / reps
+        per_token[label] = layer_s * config.num_hidden_layers / rows
+        flops_per_token = 2 * sum(a * b for a, b in shapes) * config.num_hidden_layers
+        gflops[label] = flops_per_token / per_token[label] / 1e9
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    lengths = [min(len(ids), MAX_LENGTH)
+               for ids in tokenizer(reports(), add_special_tokens=True)["input_ids"]]
+    out.write_text(json.dumps({
+        "tokens": sum(lengths), "n": len(lengths),
+        "linear_s_per_token": per_token, "linear_gflops": gflops,
+        "ceiling_reports_per_s": {k: len(lengths) / (sum(lengths) * v) for k, v in per_token.items()},
+    }))
 
 
 PEER_WORKER = r'''
@@ -207,6 +255,10 @@ def main() -> None:
                 print(f"{name}: FAILED {error}", flush=True)
                 continue
             print(f"{name}: {results[name]['reports_per_s']:.2f} reports/s", flush=True)
+        ceiling_file = tmp / "ceiling.json"
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--ceiling", str(ceiling_file)],
+                       check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+        ceiling = json.loads(ceiling_file.read_text())
         ref_file = tmp / "ours_fp32.npy"
         if ref_file.is_file():
             ref = np.load(ref_file)
@@ -227,14 +279,25 @@ def main() -> None:
         cos = r.get("min_cosine_vs_ours_fp32")
         print(f"{name:<20}{r['reports_per_s']:>10.2f}{ratio:>16}{r['peak_mb']:>9.0f}"
               f"{(f'{cos:.4f}' if cos is not None else '-'):>9}")
+    tokens_per_report = ceiling["tokens"] / ceiling["n"]
+    print(f"\ncompute ceiling ({tokens_per_report:.0f} real tokens per report; the Linear layers alone, "
+          f"timed with {THREADS} threads):")
+    for dtype in ("fp32", "bf16"):
+        top = ceiling["ceiling_reports_per_s"][dtype]
+        ratio = f", {top / base:.2f}x llm2vec fp32" if base else ""
+        print(f"  {dtype}: {ceiling['linear_gflops'][dtype]:.0f} GFLOP/s in the matrix products -> "
+              f"at most {top:.2f} reports/s{ratio}")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "text_encoder.json").write_text(json.dumps(
         {"n_reports": N_REPORTS, "threads": THREADS, "batch_size": BATCH,
-         "max_length": MAX_LENGTH, "results": results}, indent=2) + "\n")
+         "max_length": MAX_LENGTH, "results": results, "compute_ceiling": ceiling},
+        indent=2) + "\n")
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker(sys.argv[2], Path(sys.argv[3]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--ceiling":
+        linear_ceiling(Path(sys.argv[2]))
     else:
         main()

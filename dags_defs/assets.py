@@ -107,8 +107,9 @@ def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True, partitions_de
         else:
             result = stage_module(spec.name).run(params, paths, progress=True)
         metadata = to_metadata(result.metadata)
+        metadata["params_file"] = MetadataValue.path(str(pipeline.params_path()))
         if record_in_dvc and not result.blocking_failures:
-            metadata["dvc"] = dvc.record(spec.name, paths.root)
+            metadata["dvc"] = dvc.record(spec.name, paths.root, pipeline.params_path())
         checks = [
             AssetCheckResult(
                 check_name=c.name,

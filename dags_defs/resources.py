@@ -13,19 +13,34 @@ from pydantic import Field
 
 
 class PipelineConfig(ConfigurableResource):
-    """Loads params.yaml (validated) and resolves the project's paths."""
+    """Loads the params file (validated) and resolves the project's paths.
 
-    params_file: str = Field(default="params.yaml", description="params file, relative to root")
+    The params file is the resource's `params_file`, else $CXR_PARAMS (as for `cxr stage`), else
+    params.yaml; a relative path is relative to the project root. So
+    `CXR_PARAMS=params.iu.yaml dagster asset materialize --select text_encoder` uses the profile.
+    """
+
+    params_file: str = Field(default="", description="params file, relative to root; "
+                             "empty = $CXR_PARAMS or params.yaml")
     root: str = Field(default="", description="project root; empty = $CXR_PROJECT_ROOT or cwd")
+
+    def root_dir(self) -> Path:
+        from cxr_assets.paths import project_root
+
+        return Path(self.root).resolve() if self.root else project_root()
+
+    def params_path(self) -> Path:
+        from cxr_assets.config import DEFAULT_PARAMS_FILE, PARAMS_ENV
+
+        path = Path(self.params_file or os.environ.get(PARAMS_ENV) or DEFAULT_PARAMS_FILE)
+        return path if path.is_absolute() else self.root_dir() / path
 
     def load(self):
         from cxr_assets.config import load_params
-        from cxr_assets.paths import ProjectPaths, project_root
+        from cxr_assets.paths import ProjectPaths
 
-        root = Path(self.root).resolve() if self.root else project_root()
-        params_path = Path(self.params_file)
-        params = load_params(params_path if params_path.is_absolute() else root / params_path)
-        return params, ProjectPaths.from_params(params, root)
+        params = load_params(self.params_path())
+        return params, ProjectPaths.from_params(params, self.root_dir())
 
 
 class DvcRecorder(ConfigurableResource):
@@ -44,10 +59,14 @@ class DvcRecorder(ConfigurableResource):
         sibling = Path(sys.executable).with_name("dvc")
         return str(sibling) if sibling.exists() else shutil.which("dvc")
 
-    def record(self, stage: str, root: Path) -> str:
+    def record(self, stage: str, root: Path, params_file: Path | None = None) -> str:
         log = get_dagster_logger()
         if not self.enabled:
             return "disabled"
+        if params_file is not None and Path(params_file).resolve() != (root / "params.yaml").resolve():
+            # dvc.lock pins params.yaml's values: an output made with another profile must not be
+            # recorded as up to date for them (`dvc repro` would then skip a needed re-run).
+            return f"not recorded: made with {Path(params_file).name}, dvc.lock tracks params.yaml"
         if not (root / ".dvc").is_dir() or not (root / "dvc.yaml").is_file():
             return "no DVC project"
         command = self._command()

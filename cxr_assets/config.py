@@ -144,11 +144,18 @@ class ReportsParams(_Section):
     abbreviation_rate: float = Field(0.8, ge=0, le=1, description="share of long forms contracted")
 
 
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 class LoraParams(_Section):
-    r: int = Field(8, ge=1, le=512)
-    alpha: int = Field(16, ge=1)
+    # llm2vec's recipe: r16 on every linear layer of the decoder.
+    r: int = Field(16, ge=1, le=512)
+    alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+    target_modules: list[str] = ALL_LINEAR
+    top_layers: int | None = Field(
+        None, ge=1, description="LoRA only on the last N decoder layers (null: all); the frozen "
+        "lower layers need no backward pass, so a step costs less on a CPU")
 
 
 class MntpParams(_Section):
@@ -156,16 +163,38 @@ class MntpParams(_Section):
     batch_size: int = Field(8, ge=1)
     lr: float = Field(2e-4, gt=0)
     mask_probability: float = Field(0.2, gt=0, lt=1)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up, then cosine decay to 0")
+    merge: bool = Field(True, description="merge the MNTP LoRA before a fresh contrastive LoRA "
+                        "(llm2vec); false: the contrastive stage keeps training the same LoRA")
+    eval_batch_size: int = Field(16, ge=0, description="held-aside reports whose MNTP loss, with "
+                                 "a fixed mask, is reported before and after (0: off)")
 
 
 class ContrastiveParams(_Section):
     steps: int = Field(20, ge=0)
     batch_size: int = Field(8, ge=2)
     lr: float = Field(2e-4, gt=0)
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up, then cosine decay to 0")
     loss_scale: float = Field(20.0, gt=0, description="1 / temperature")
+    symmetric: bool = Field(True, description="InfoNCE in both directions (query->candidates and "
+                            "positive->queries); false: query->candidates only")
     hard_negatives: bool = Field(True, description="use report_variants hard negatives when present")
     simcse_steps: int = Field(0, ge=0, description="optional unsupervised SimCSE steps (dropout views)")
     gradient_checkpointing: bool = False
+    distill_weight: float = Field(0.0, ge=0, description="weight of the KL divergence between the "
+                                  "teacher's and the student's in-batch similarity distributions")
+    distill_teacher: Literal["minilm"] = Field("minilm", description="sentence-encoder teacher")
+
+
+class PostprocessParams(_Section):
+    method: Literal["center_scale", "center", "none"] = Field(
+        "center_scale", description="fitted on training reports, applied by TextEncoder.encode")
+    n_fit: int = Field(512, ge=2, description="training reports the statistics are fitted on")
+
+
+class TextCheckpointParams(_Section):
+    every_n_steps: int = Field(25, ge=0, description="0 = no checkpoints")
+    resume: bool = Field(True, description="continue an unfinished run of the same params and data")
 
 
 class LatentAttentionParams(_Section):
@@ -190,7 +219,11 @@ class TextEvalParams(_Section):
     enabled: bool = True
     iu_csv: str = "../shared/data/iu_xray/indiana_reports.csv"
     max_reports: int = Field(300, ge=10, description="held-out IU reports evaluated (cap)")
-    baselines: list[Literal["raw_llm", "minilm", "tfidf"]] = ["raw_llm", "minilm", "tfidf"]
+    baselines: list[Literal["raw_llm", "raw_llm_bidirectional", "minilm", "minilm_finetuned",
+                            "tfidf"]] = ["raw_llm", "raw_llm_bidirectional", "minilm", "tfidf"]
+    postprocess_baselines: bool = Field(True, description="also score each baseline with the "
+                                        "same post-processing, fitted on training reports")
+    bootstrap_samples: int = Field(1000, ge=0, description="paired bootstrap of adapted - baseline")
     seed: int = 0
 
 
@@ -204,8 +237,16 @@ class TextEncoderParams(_Section):
     max_length: int = Field(128, ge=8, le=8192)
     pooling: Literal["mean", "weighted_mean", "last_token", "latent_attention"] = "mean"
     latent_attention: LatentAttentionParams = LatentAttentionParams()
-    instruction: str = "Retrieve the chest X-ray report that matches this report"
+    instruction: str = Field("", description="stored default instruction; training and the "
+                             "evaluation use plain text on both sides of every pair")
+    bidirectional: bool = Field(True, description="LLM2Vec step 1; false keeps causal attention")
+    init_from: str | None = Field(None, description="a released adapted encoder folder to start "
+                                  "from (null: the base model)")
+    release_to: str | None = Field(None, description="also write a release folder here (LoRA "
+                                   "adapters, pooling head, post-processing: small enough for git)")
     embed_batch_size: int = Field(16, ge=1)
+    postprocess: PostprocessParams = PostprocessParams()
+    checkpoint: TextCheckpointParams = TextCheckpointParams()
     lora: LoraParams = LoraParams()
     mntp: MntpParams = MntpParams()
     contrastive: ContrastiveParams = ContrastiveParams()

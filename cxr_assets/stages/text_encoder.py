@@ -39,13 +39,31 @@ class TrainingData:
         self.hard_negatives, self.tasks, self.source = hard_negatives, tasks, source
 
 
+# Variant kinds whose variant is the QUERY where the pair is used (the evaluation's abbreviation
+# task and a user's shorthand search: abbreviated text -> full report); the variants table stores
+# them as (full report, variant), so they are flipped, with a hard negative of the report side.
+QUERY_SIDE_VARIANTS = ("abbreviated",)
+
+
 def _pairs_from_variants(variants: pl.DataFrame, use_negatives: bool) -> TrainingData:
+    import random
+
+    from cxr_assets.reports.variants import hard_negative
+
     train = variants.filter(pl.col("split") == "train").sort("study_id", "variant_kind")
     train = train.filter(pl.col("anchor").str.strip_chars().str.len_chars() > 0
                          & (pl.col("positive").str.strip_chars().str.len_chars() > 0))
-    pairs = list(zip(train["anchor"].to_list(), train["positive"].to_list()))
-    negatives = train["hard_negative"].to_list() if use_negatives else None
-    return TrainingData([], pairs, negatives, train["variant_kind"].to_list(), "report_variants")
+    pairs, negatives = [], []
+    for row in train.iter_rows(named=True):
+        if row["variant_kind"] in QUERY_SIDE_VARIANTS:
+            pairs.append((row["positive"], row["anchor"]))
+            rng = random.Random(f"{row['study_id']}:{row['variant_kind']}:flipped")
+            negatives.append(hard_negative(row["anchor"], rng)[0])
+        else:
+            pairs.append((row["anchor"], row["positive"]))
+            negatives.append(row["hard_negative"])
+    return TrainingData([], pairs, negatives if use_negatives else None,
+                        train["variant_kind"].to_list(), "report_variants")
 
 
 def training_texts(paths: ProjectPaths) -> tuple[list[str], list[tuple[str, str]]]:
@@ -92,46 +110,101 @@ def training_data(params: Params, paths: ProjectPaths, progress: bool = True) ->
 
 
 # --------------------------------------------------------------------------- evaluation
-def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path,
-             progress: bool) -> tuple[pl.DataFrame | None, list[str]]:
-    """The adapted encoder and the baselines on the held-out IU reports; (table, notes)."""
-    from cxr_assets.text.base_model import resolve_base_model
-    from cxr_assets.text.baselines import MiniLMEncoder, TfidfEncoder, raw_llm_encoder
+def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path, progress: bool,
+             data: TrainingData | None = None,
+             ) -> tuple[pl.DataFrame | None, list[str], pl.DataFrame | None]:
+    """The adapted encoder and the baselines on the held-out IU reports, each with and without
+    post-processing; (table, notes, adapted-minus-baseline differences with 95% intervals)."""
     from cxr_assets.text.encoder import TextEncoder
-    from cxr_assets.text.evaluation import build_eval_set, evaluate_text_encoders, load_iu_reports
+    from cxr_assets.text.evaluation import (
+        FORMAT,
+        build_eval_set,
+        difference_table,
+        load_iu_reports,
+        score_encoder,
+        scores_table,
+    )
+    from cxr_assets.text.postprocess import fit_for
 
     te = params.text_encoder
     csv = paths.at(te.evaluation.iu_csv)
     if not csv.is_file():
-        return None, [f"evaluation skipped: IU reports CSV {csv} not found"]
+        return None, [f"evaluation skipped: IU reports CSV {csv} not found"], None
     # The held-out part must be the one never trained on: same salt/fraction as the corpus split.
     iu = load_iu_reports(csv, te.corpus.salt, te.corpus.heldout_fraction)
-    data = build_eval_set(iu, te.evaluation.max_reports, te.evaluation.seed)
-    notes = [(f"{len(data.reports)} held-out IU reports (uid-level split, salt "
-              f"{te.corpus.salt!r}, held-out fraction {te.corpus.heldout_fraction}); labels: "
-              f"{data.label_source}; trained on: {te.corpus.source}")]
-    encoders: dict[str, Any] = {"adapted": TextEncoder.from_pretrained(encoder_dir)}
+    eval_set = build_eval_set(iu, te.evaluation.max_reports, te.evaluation.seed)
+    iu_train = iu.filter(pl.col("split") == "train")["report"].to_list()
+    n_dup = iu.filter(pl.col("split") == "train_duplicate").height
+    notes = [(f"{len(eval_set.reports)} held-out IU reports (uid-level split, salt "
+              f"{te.corpus.salt!r}, held-out fraction {te.corpus.heldout_fraction}; {n_dup} "
+              "training-side reports whose text also occurs held out are never trained on); "
+              f"labels: {eval_set.label_source}; adapted on: {te.corpus.source}"),
+             f"format: {FORMAT}",
+             (f"+pp: centering and per-dimension scaling fitted on {te.postprocess.n_fit} IU "
+              "training reports (the adapted encoder's own statistics come from its training "
+              "reports and are applied by TextEncoder.encode)")]
+    adapted = TextEncoder.from_pretrained(encoder_dir)
+    stored_pp = adapted.postprocess
+    variants: dict[str, Any] = ({"adapted": stored_pp, "adapted (no pp)": None}
+                                if stored_pp is not None else {"adapted": None})
+    scores = score_encoder(adapted, eval_set, variants, te.embed_batch_size, progress)
     for name in te.evaluation.baselines:
         try:
-            if name == "raw_llm":
-                base = resolve_base_model(te.base_model, paths.base_model_cache)
-                encoders[name] = raw_llm_encoder(base, te.max_length, te.dtype)
-                encoders[name].instruction = te.instruction  # same query format as adapted
-            elif name == "minilm":
-                encoders[name] = MiniLMEncoder()
-            elif name == "tfidf":
-                # Fitted on the IU training part (in-domain vocabulary, never the held-out part),
-                # whatever the encoder itself was adapted on.
-                encoders[name] = TfidfEncoder(iu.filter(pl.col("split") == "train")["report"].to_list())
-        except (ModuleNotFoundError, FileNotFoundError) as error:
+            encoder = _baseline(name, params, paths, iu_train, data, progress)
+        except (ModuleNotFoundError, FileNotFoundError, ValueError) as error:
             notes.append(f"baseline {name} skipped: {error}")
-    table = evaluate_text_encoders(encoders, data, batch_size=te.embed_batch_size,
-                                   progress=progress)
-    return table, notes
+            continue
+        variants = {name: None}
+        if te.evaluation.postprocess_baselines:
+            fit_texts = _fit_sample(iu_train, te.postprocess.n_fit, params.project.seed)
+            variants[f"{name}+pp"] = fit_for(encoder, fit_texts, batch_size=te.embed_batch_size)
+        scores += score_encoder(encoder, eval_set, variants, te.embed_batch_size, progress)
+    table = scores_table([row for s in scores for row in s.rows])
+    differences = difference_table(scores, "adapted", te.evaluation.bootstrap_samples,
+                                   te.evaluation.seed) if te.evaluation.bootstrap_samples else None
+    return table, notes, differences
 
 
-def write_evaluation(table: pl.DataFrame | None, notes: list[str],
-                     out_dir: Path) -> tuple[Path, Path]:
+def _fit_sample(texts: list[str], n: int, seed: int) -> list[str]:
+    import random
+
+    unique = list(dict.fromkeys(texts))
+    return unique if len(unique) <= n else random.Random(seed).sample(unique, n)
+
+
+def _baseline(name: str, params: Params, paths: ProjectPaths, iu_train: list[str],
+              data: TrainingData | None, progress: bool) -> Any:
+    """One baseline encoder of text_encoder.evaluation.baselines, by name."""
+    from cxr_assets.text.base_model import resolve_base_model
+    from cxr_assets.text.baselines import (
+        MiniLMEncoder,
+        TfidfEncoder,
+        finetune_minilm,
+        raw_llm_encoder,
+    )
+
+    te = params.text_encoder
+    if name in ("raw_llm", "raw_llm_bidirectional"):
+        base = resolve_base_model(te.base_model, paths.base_model_cache)
+        return raw_llm_encoder(base, te.max_length, te.dtype,
+                               bidirectional=name == "raw_llm_bidirectional")
+    if name == "minilm":
+        return MiniLMEncoder()
+    if name == "minilm_finetuned":
+        if data is None or len(data.pairs) < 2:
+            raise ValueError("minilm_finetuned needs the adapted encoder's training pairs")
+        return finetune_minilm(data.pairs, data.hard_negatives, data.tasks, te.contrastive,
+                               params.project.seed, progress)
+    if name == "tfidf":
+        # Fitted on the IU training part (in-domain vocabulary, never the held-out part),
+        # whatever the encoder itself was adapted on.
+        return TfidfEncoder(iu_train)
+    raise ValueError(f"unknown baseline {name!r}")
+
+
+def write_evaluation(table: pl.DataFrame | None, notes: list[str], out_dir: Path,
+                     differences: pl.DataFrame | None = None,
+                     extra_markdown: str = "") -> tuple[Path, Path]:
     """reports/text_encoder_eval.{json,md}; written even when skipped (with the reason), so the
     stage's declared outputs always exist."""
     from cxr_assets.text.evaluation import to_markdown
@@ -139,11 +212,14 @@ def write_evaluation(table: pl.DataFrame | None, notes: list[str],
     out_dir.mkdir(parents=True, exist_ok=True)
     json_file, md_file = out_dir / EVAL_JSON, out_dir / EVAL_MD
     rows = table.to_dicts() if table is not None else []
-    json_file.write_text(json.dumps({"rows": rows, "notes": notes}, indent=2) + "\n")
+    diffs = differences.to_dicts() if differences is not None else []
+    json_file.write_text(json.dumps({"rows": rows, "differences": diffs, "notes": notes},
+                                    indent=2) + "\n")
     if table is not None and table.height:
-        md_file.write_text(to_markdown(table, notes))
+        md_file.write_text(to_markdown(table, notes, differences) + extra_markdown)
     else:
-        md_file.write_text("# Text-tower evaluation\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+        md_file.write_text("# Text-tower evaluation\n\n" + "\n".join(f"- {n}" for n in notes)
+                           + "\n" + extra_markdown)
     return json_file, md_file
 
 
@@ -193,6 +269,18 @@ def log_to_mlflow(params: Params, paths: ProjectPaths, result: Any, data: Traini
         return run.info.run_id
 
 
+def release_markdown(init_from: str | None, paths: ProjectPaths) -> str:
+    """The evaluation and ablation tables stored with the release the encoder starts from (they
+    need hours of training, so they are measured once per release, not on every run)."""
+    if not init_from:
+        return ""
+    card = paths.at(init_from) / "EVALUATION.md"
+    if not card.is_file():
+        return ""
+    return (f"\n## Stored with the release `{init_from}` (measured when it was trained)\n\n"
+            + card.read_text())
+
+
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
     from cxr_assets.text.adapt import adapt_text_encoder
 
@@ -209,14 +297,28 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         seed=params.project.seed, progress=progress,
         log_fn=lambda stage, step, loss: losses.append((stage, step, loss)),
         hard_negatives=data.hard_negatives, tasks=data.tasks,
+        checkpoint_dir=paths.artifacts_dir / "text_encoder_checkpoints",
+        release_dir=paths.at(te.release_to) if te.release_to else None,
     )
 
     table, notes = None, ["evaluation disabled (text_encoder.evaluation.enabled: false)"]
+    differences = None
     if te.evaluation.enabled:
-        table, notes = evaluate(params, paths, result.encoder_dir, progress)
+        table, notes, differences = evaluate(params, paths, result.encoder_dir, progress, data)
         if table is None:
             log.warning("; ".join(notes))
-    eval_files = write_evaluation(table, notes, paths.reports_dir)
+    notes = notes + result.notes
+    eval_files = write_evaluation(table, notes, paths.reports_dir, differences,
+                                  release_markdown(te.init_from, paths))
+    if result.release_dir is not None:
+        import shutil
+
+        from cxr_assets.text.release import write_model_card
+
+        shutil.copyfile(eval_files[0], result.release_dir / "evaluation.json")
+        write_model_card(result.release_dir, params, result, data.source,
+                         eval_files[1].read_text(),
+                         "CXR_PARAMS=params.release.yaml cxr stage text_encoder")
     run_id = None
     if te.mlflow:
         run_id = log_to_mlflow(params, paths, result, data, table, eval_files)
@@ -232,7 +334,13 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         "n_pairs": result.n_pairs,
         "n_hard_negatives": sum(1 for h in (data.hard_negatives or []) if h),
         "mntp_loss": first_last(result.mntp_losses),
+        "mntp_fixed_batch_loss": ("skipped" if result.mntp_eval_loss is None else
+                                  f"{result.mntp_eval_loss[0]:.3f} -> {result.mntp_eval_loss[1]:.3f}"),
         "contrastive_loss": first_last(result.contrastive_losses),
+        "resumed_from": result.resumed_from or "fresh start",
+        "init_from": te.init_from or "base model",
+        "bidirectional": te.bidirectional,
+        "postprocess": te.postprocess.method,
         "lora_r": te.lora.r,
         "pooling": te.pooling,
         "seconds": round(result.seconds, 1),

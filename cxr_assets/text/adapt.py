@@ -1,18 +1,31 @@
 """LLM2Vec-style adaptation of a base LLM into a report encoder (the `text_encoder` stage's core).
 
-base LLM -> bidirectional attention -> LoRA -> MNTP on reports -> supervised contrastive on
-report pairs -> LoRA merged into the weights -> TextEncoder folder.
+base LLM (or a released encoder, `init_from`) -> bidirectional attention -> LoRA MNTP on reports
+-> MNTP LoRA merged -> fresh LoRA, supervised contrastive on report pairs (symmetric, optional
+teacher distillation) -> merged -> post-processing fitted on training reports -> TextEncoder folder
+(+ optionally a release folder holding only the adapters, head and statistics).
+
+Each stage checkpoints every `checkpoint.every_n_steps` steps; a killed run of the same params
+and data resumes from its last checkpoint and takes the same steps as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import shutil
+import tempfile
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from cxr_assets.config import TextEncoderParams
+from cxr_assets.config import LoraParams, TextEncoderParams
+
+STATE_FILE = "state.pt"
 
 
 @dataclass
@@ -25,6 +38,10 @@ class AdaptationResult:
     n_train_reports: int
     n_pairs: int
     seconds: float
+    mntp_eval_loss: tuple[float, float] | None = None  # fixed batch and mask: before, after
+    resumed_from: str | None = None
+    release_dir: Path | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -35,6 +52,80 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
+
+
+def lora_config(lora: LoraParams, n_layers: int) -> Any:
+    """peft LoraConfig from params; top_layers restricts it to the last N decoder layers."""
+    from peft import LoraConfig
+
+    layers = None
+    if lora.top_layers is not None:
+        layers = list(range(max(0, n_layers - lora.top_layers), n_layers))
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                      target_modules=list(lora.target_modules), bias="none",
+                      layers_to_transform=layers)
+
+
+def run_key(params: TextEncoderParams, seed: int, reports: list[str],
+            pairs: list[tuple[str, str]], hard_negatives: list[str | None] | None,
+            tasks: list[str] | None) -> str:
+    """What a checkpoint must match to be resumed: the training params, seed and data."""
+    digest = hashlib.sha256()
+    training = params.model_dump(exclude={"evaluation", "mlflow", "checkpoint", "embed_batch_size"})
+    digest.update(json.dumps({"params": training, "seed": seed}, sort_keys=True).encode())
+    for item in (reports, pairs, hard_negatives or [], tasks or []):
+        digest.update(json.dumps(item).encode())
+    return digest.hexdigest()[:16]
+
+
+class Checkpointer:
+    """One state file per run: stage, completed steps, adapter, optimizer, head, losses."""
+
+    def __init__(self, folder: Path | None, key: str, every: int) -> None:
+        self.folder, self.key, self.every = (Path(folder) if folder else None), key, int(every)
+
+    @property
+    def file(self) -> Path | None:
+        return None if self.folder is None else self.folder / STATE_FILE
+
+    def load(self) -> dict | None:
+        import torch
+
+        if self.file is None or not self.file.is_file():
+            return None
+        state = torch.load(self.file, map_location="cpu", weights_only=False)
+        return state if state.get("key") == self.key else None
+
+    def save(self, state: dict) -> None:
+        import torch
+
+        if self.file is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder / f".{STATE_FILE}.{uuid.uuid4().hex[:8]}"
+        torch.save({**state, "key": self.key}, tmp)
+        tmp.replace(self.file)  # atomic: a kill mid-write keeps the previous checkpoint
+
+    def due(self, step: int, steps: int) -> bool:
+        return self.file is not None and self.every > 0 and (
+            (step + 1) % self.every == 0 and step + 1 < steps)
+
+    def clear(self) -> None:
+        if self.folder is not None and self.folder.exists():
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _adapter_state(peft_model: Any) -> dict:
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def _sample(texts: list[str], n: int, seed: int) -> list[str]:
+    unique = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
+    if len(unique) <= n:
+        return unique
+    return random.Random(seed).sample(unique, n)
 
 
 def adapt_text_encoder(
@@ -48,22 +139,32 @@ def adapt_text_encoder(
     log_fn: Callable[[str, int, float], None] | None = None,
     hard_negatives: list[str | None] | None = None,
     tasks: list[str] | None = None,
+    checkpoint_dir: Path | None = None,
+    release_dir: Path | None = None,
 ) -> AdaptationResult:
     """Adapt params.base_model on training-split reports and pairs; save the encoder to out_dir.
 
     hard_negatives: one per pair (e.g. a negation-flipped impression), or None for in-batch
-    negatives only. tasks: one task name per pair for single-task batches. log_fn(stage, step, loss) is called after every step, stage in
-    {"mntp", "simcse", "contrastive"}.
+    negatives only. tasks: one task name per pair for single-task batches. log_fn(stage, step,
+    loss) is called after every step, stage in {"mntp", "simcse", "contrastive"}.
+    release_dir: also write the release folder (adapters + head + post-processing only).
     The same inputs, params and seed give the same weights (and content_hash) on the same machine.
     """
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
     from cxr_assets.text.base_model import load_causal_lm, resolve_base_model
     from cxr_assets.text.bidirectional import enable_bidirectional, is_bidirectional
     from cxr_assets.text.contrastive import train_contrastive
     from cxr_assets.text.encoder import TextEncoder
-    from cxr_assets.text.mntp import train_mntp
+    from cxr_assets.text.mntp import fixed_batch_loss, train_mntp
     from cxr_assets.text.pooling import make_latent_attention
+    from cxr_assets.text.postprocess import EmbeddingPostprocess
+    from cxr_assets.text.release import (
+        apply_adapters,
+        round_lora_to_fp16,
+        save_adapter,
+        write_release,
+    )
 
     start = time.perf_counter()
     reports = [r for r in reports if isinstance(r, str) and r.strip()]
@@ -75,92 +176,174 @@ def adapt_text_encoder(
         raise ValueError(
             f"adapt_text_encoder: contrastive.steps > 0 needs at least 2 pairs, got {len(pairs)}"
         )
-
+    notes: list[str] = []
     seed_everything(seed)
     base_dir = resolve_base_model(params.base_model, Path(base_cache_dir))
     model, tokenizer = load_causal_lm(base_dir, params.dtype, params.attn_implementation)
-    enable_bidirectional(model)
-    if not is_bidirectional(model, tokenizer):
-        raise RuntimeError(
-            f"{params.base_model}: attention is still causal after enable_bidirectional"
-        )
+    if params.bidirectional:
+        enable_bidirectional(model)
+        if not is_bidirectional(model, tokenizer):
+            raise RuntimeError(
+                f"{params.base_model}: attention is still causal after enable_bidirectional"
+            )
+    if params.init_from:
+        from cxr_assets.text.release import is_release
 
-    lora = params.lora
-    peft_model = get_peft_model(
-        model,
-        LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            bias="none",
-        ),
-    )
+        if not is_release(Path(params.init_from)):
+            raise FileNotFoundError(
+                f"text_encoder.init_from {params.init_from!r} is not a release folder "
+                "(encoder_config.json with format 'release')")
+        model = apply_adapters(model, Path(params.init_from))
+        notes.append(f"started from release {params.init_from}")
+    n_layers = int(model.config.num_hidden_layers)
+
+    key = run_key(params, seed, reports, pairs, hard_negatives, tasks)
+    ckpt = Checkpointer(checkpoint_dir, key, params.checkpoint.every_n_steps)
+    saved = ckpt.load() if params.checkpoint.resume else None
+    resumed_from = None if saved is None else f"{saved['stage']} step {saved['step']}"
+
+    head = None
+    if params.pooling == "latent_attention":
+        head = make_latent_attention(int(model.config.hidden_size),
+                                     params.latent_attention.num_latents,
+                                     params.latent_attention.num_heads, seed=seed)
+    adapter_tmp = Path(tempfile.mkdtemp(prefix="cxr-adapters-"))
+    adapters: dict[str, Path] = {}  # merged in this order by a release
 
     def stage_log(stage: str) -> Callable[[int, float], None] | None:
         return None if log_fn is None else (lambda step, loss: log_fn(stage, step, loss))
 
-    if params.contrastive.gradient_checkpointing:
-        # Recompute activations in backward: less memory for long reports / big batches.
-        peft_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        peft_model.enable_input_require_grads()
-    head = None
-    if params.pooling == "latent_attention":
-        head = make_latent_attention(
-            int(model.config.hidden_size),
-            params.latent_attention.num_latents,
-            params.latent_attention.num_heads,
-            seed=seed,
-        )
+    # Reports for the fixed MNTP evaluation batch are held aside from MNTP training.
+    eval_texts = _sample(reports, params.mntp.eval_batch_size, seed + 7) \
+        if params.mntp.steps > 0 and params.mntp.eval_batch_size > 0 and len(reports) > 2 * params.mntp.eval_batch_size else []
+    held = set(eval_texts)
+    mntp_texts = [r for r in reports if r not in held]
 
-    mntp_losses = train_mntp(
-        peft_model,
-        tokenizer,
-        reports,
-        params.mntp,
-        params.max_length,
-        seed,
-        progress=progress,
-        log_fn=stage_log("mntp"),
-    )
+    mntp_losses: list[float] = list(saved.get("mntp_losses", [])) if saved else []
+    contrastive_losses: list[float] = list(saved.get("contrastive_losses", [])) if saved else []
+    mntp_eval: tuple[float, float] | None = saved.get("mntp_eval") if saved else None
     simcse_losses: list[float] = []
-    if params.contrastive.simcse_steps > 0 and len(reports) >= 2:
-        # Unsupervised SimCSE: a report is its own positive, the two views differ by dropout.
-        simcse_losses = train_contrastive(
-            peft_model, tokenizer, [(r, r) for r in reports], params.contrastive,
-            params.instruction, params.pooling, params.max_length, seed + 1,
-            progress=progress, log_fn=stage_log("simcse"), pooling_head=head,
-            steps=params.contrastive.simcse_steps,
+    try:
+        if params.init_from:
+            from cxr_assets.text.release import ADAPTERS_DIR
+
+            for folder in sorted((Path(params.init_from) / ADAPTERS_DIR).iterdir()):
+                adapters[f"init_{folder.name.split('_', 1)[-1]}"] = folder
+        # ---------------------------------------------------------------- stage 1: MNTP
+        peft_model = get_peft_model(model, lora_config(params.lora, n_layers))
+        _gradient_checkpointing(peft_model, params.contrastive.gradient_checkpointing)
+        in_contrastive = saved is not None and saved["stage"] == "contrastive"
+        if params.mntp.steps > 0 and not in_contrastive:
+            from peft import set_peft_model_state_dict
+
+            start_step, optimizer_state = 0, None
+            if saved is not None and saved["stage"] == "mntp":
+                set_peft_model_state_dict(peft_model, saved["adapter"])
+                start_step, optimizer_state = saved["step"], saved["optimizer"]
+            if eval_texts and mntp_eval is None:
+                mntp_eval = (fixed_batch_loss(peft_model, tokenizer, eval_texts,
+                                              params.mntp.mask_probability, params.max_length),
+                             float("nan"))
+
+            def mntp_checkpoint(step: int, optimizer: Any) -> None:
+                if ckpt.due(step, params.mntp.steps):
+                    ckpt.save({"stage": "mntp", "step": step + 1,
+                               "adapter": _adapter_state(peft_model),
+                               "optimizer": optimizer.state_dict(),
+                               "mntp_losses": mntp_losses, "mntp_eval": mntp_eval})
+
+            train_mntp(peft_model, tokenizer, mntp_texts, params.mntp, params.max_length, seed,
+                       progress=progress, log_fn=_collect(stage_log("mntp"), mntp_losses),
+                       start_step=start_step, optimizer_state=optimizer_state,
+                       on_step=mntp_checkpoint)
+            if eval_texts:
+                mntp_eval = (mntp_eval[0], fixed_batch_loss(
+                    peft_model, tokenizer, eval_texts, params.mntp.mask_probability,
+                    params.max_length))
+        elif params.mntp.steps > 0 and in_contrastive and params.mntp.merge:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(peft_model, saved["mntp_adapter"])
+        mntp_adapter_state = None
+        if params.mntp.steps > 0 and params.mntp.merge:
+            # llm2vec: merge the MNTP LoRA, then train a fresh LoRA contrastively.
+            round_lora_to_fp16(peft_model)
+            mntp_adapter_state = _adapter_state(peft_model)
+            save_adapter(peft_model, adapter_tmp / "mntp")
+            adapters["mntp"] = adapter_tmp / "mntp"
+            _gradient_checkpointing(peft_model, False)
+            model = peft_model.merge_and_unload()
+            seed_everything(seed + 1)  # the fresh LoRA's initialisation
+            peft_model = get_peft_model(model, lora_config(params.lora, n_layers))
+            _gradient_checkpointing(peft_model, params.contrastive.gradient_checkpointing)
+
+        # ---------------------------------------------------------------- stage 2: contrastive
+        if params.contrastive.simcse_steps > 0 and len(reports) >= 2 and not in_contrastive:
+            # Unsupervised SimCSE: a report is its own positive, the two views differ by dropout.
+            simcse_losses = train_contrastive(
+                peft_model, tokenizer, [(r, r) for r in reports], params.contrastive,
+                params.instruction, params.pooling, params.max_length, seed + 1,
+                progress=progress, log_fn=stage_log("simcse"), pooling_head=head,
+                steps=params.contrastive.simcse_steps,
+            )
+        start_step, optimizer_state = 0, None
+        if in_contrastive:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(peft_model, saved["adapter"])
+            if head is not None and saved.get("head") is not None:
+                head.load_state_dict(saved["head"])
+            start_step, optimizer_state = saved["step"], saved["optimizer"]
+        teacher = None
+        if params.contrastive.distill_weight > 0 and params.contrastive.steps > start_step:
+            from cxr_assets.text.baselines import MiniLMEncoder
+
+            teacher = MiniLMEncoder()
+
+        def contrastive_checkpoint(step: int, optimizer: Any) -> None:
+            if ckpt.due(step, params.contrastive.steps):
+                ckpt.save({"stage": "contrastive", "step": step + 1,
+                           "adapter": _adapter_state(peft_model),
+                           "mntp_adapter": mntp_adapter_state,
+                           "head": None if head is None else head.state_dict(),
+                           "optimizer": optimizer.state_dict(), "mntp_losses": mntp_losses,
+                           "contrastive_losses": contrastive_losses, "mntp_eval": mntp_eval})
+
+        train_contrastive(
+            peft_model, tokenizer, pairs, params.contrastive, params.instruction, params.pooling,
+            params.max_length, seed, hard_negatives=hard_negatives, progress=progress,
+            log_fn=_collect(stage_log("contrastive"), contrastive_losses), tasks=tasks,
+            pooling_head=head, teacher=teacher, start_step=start_step,
+            optimizer_state=optimizer_state, on_step=contrastive_checkpoint,
         )
-    contrastive_losses = train_contrastive(
-        peft_model,
-        tokenizer,
-        pairs,
-        params.contrastive,
-        params.instruction,
-        params.pooling,
-        params.max_length,
-        seed,
-        hard_negatives=hard_negatives,
-        progress=progress,
-        log_fn=stage_log("contrastive"),
-        tasks=tasks,
-        pooling_head=head,
-    )
-    if params.contrastive.gradient_checkpointing:
-        peft_model.gradient_checkpointing_disable()
-    merged = peft_model.merge_and_unload()
-    encoder = TextEncoder(
-        merged,
-        tokenizer,
-        params.pooling,
-        params.instruction,
-        params.max_length,
-        base_model=params.base_model,
-        pooling_head=head,
-    )
-    out_dir = Path(out_dir)
-    encoder.save_pretrained(out_dir)  # atomic: tmp folder + rename
+        _gradient_checkpointing(peft_model, False)
+        if params.contrastive.steps > 0 or not params.mntp.merge:
+            round_lora_to_fp16(peft_model)
+            name = "contrastive" if params.mntp.merge or params.mntp.steps == 0 else "mntp_contrastive"
+            save_adapter(peft_model, adapter_tmp / name)
+            adapters[name] = adapter_tmp / name
+        merged = peft_model.merge_and_unload()
+
+        encoder = TextEncoder(merged, tokenizer, params.pooling, params.instruction,
+                              params.max_length, base_model=params.base_model,
+                              pooling_head=head, bidirectional=params.bidirectional)
+        if params.postprocess.method != "none":
+            fit_texts = _sample(reports, params.postprocess.n_fit, seed + 11)
+            raw = encoder.encode(fit_texts, batch_size=params.embed_batch_size,
+                                 progress=progress, postprocess=False)
+            encoder.postprocess = EmbeddingPostprocess.fit(raw, params.postprocess.method)
+        out_dir = Path(out_dir)
+        encoder.save_pretrained(out_dir)  # atomic: tmp folder + rename
+        if release_dir is not None:
+            training = {"n_train_reports": len(reports), "n_pairs": len(pairs), "seed": seed,
+                        "mntp_losses": mntp_losses, "contrastive_losses": contrastive_losses,
+                        "mntp_eval_loss": mntp_eval,
+                        "params": params.model_dump(exclude={"evaluation", "mlflow"})}
+            write_release(Path(release_dir), encoder, adapters,
+                          {"training.json": json.dumps(training, indent=2) + "\n"})
+    finally:
+        shutil.rmtree(adapter_tmp, ignore_errors=True)
+    ckpt.clear()
     return AdaptationResult(
         encoder_dir=out_dir,
         content_hash=encoder.content_hash,
@@ -170,4 +353,26 @@ def adapt_text_encoder(
         n_train_reports=len(reports),
         n_pairs=len(pairs),
         seconds=time.perf_counter() - start,
+        mntp_eval_loss=mntp_eval,
+        resumed_from=resumed_from,
+        release_dir=Path(release_dir) if release_dir is not None else None,
+        notes=notes,
     )
+
+
+def _gradient_checkpointing(peft_model: Any, enabled: bool) -> None:
+    """Recompute activations in backward (less memory for long reports / big batches)."""
+    if enabled:
+        peft_model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+        peft_model.enable_input_require_grads()
+    else:
+        peft_model.gradient_checkpointing_disable()  # a no-op when it was never enabled
+
+
+def _collect(log: Callable[[int, float], None] | None, sink: list[float]) -> Callable[[int, float], None]:
+    def record(step: int, loss: float) -> None:
+        sink.append(loss)
+        if log is not None:
+            log(step, loss)
+    return record

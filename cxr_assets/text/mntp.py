@@ -138,8 +138,15 @@ def train_mntp(
     seed: int,
     progress: bool = True,
     log_fn: Callable[[int, float], None] | None = None,
+    start_step: int = 0,
+    optimizer_state: dict | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
 ) -> list[float]:
-    """Run `params.steps` MNTP steps on `texts`, updating only LoRA weights; returns the losses."""
+    """Run `params.steps` MNTP steps on `texts`, updating only LoRA weights; returns the losses.
+
+    Masks, dropout and the learning rate (warm-up + cosine) are functions of the seed and the
+    step, so a run resumed at `start_step` with its optimizer state repeats the same steps.
+    """
     import torch
     from tqdm.auto import tqdm
 
@@ -149,29 +156,63 @@ def train_mntp(
     if not texts:
         raise ValueError("train_mntp: no non-empty text to train on")
     trainable = lora_parameters(model)
-    torch.manual_seed(seed)  # dropout inside the LoRA layers
-    generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(trainable, lr=params.lr, weight_decay=0.0)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
 
     losses: list[float] = []
     was_training = model.training
     model.train()
-    batches = batch_indices(len(texts), params.batch_size, params.steps, seed)
-    bar = tqdm(batches, total=params.steps, desc="MNTP", disable=not progress)
+    batches = list(batch_indices(len(texts), params.batch_size, params.steps, seed))
+    bar = tqdm(range(start_step, params.steps), total=params.steps, initial=start_step,
+               desc="MNTP", disable=not progress)
     try:
-        for step, index in enumerate(bar):
+        for step in bar:
+            torch.manual_seed(seed * 100_003 + step)  # dropout inside the LoRA layers
+            generator = torch.Generator().manual_seed(seed * 100_019 + step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, params.steps, params.lr, params.warmup_steps)
             loss = mntp_loss(
                 model,
                 tokenizer,
-                [texts[i] for i in index],
+                [texts[i] for i in batches[step]],
                 params.mask_probability,
                 max_length,
                 generator,
             )
             losses.append(optimizer_step(loss, optimizer, trainable, bar, step, log_fn))
+            if on_step is not None:
+                on_step(step, optimizer)
     finally:
         model.train(was_training)
     return losses
+
+
+def fixed_batch_loss(model: Any, tokenizer: Any, texts: list[str], mask_probability: float,
+                     max_length: int, seed: int = 0) -> float:
+    """MNTP loss of `texts` with a fixed mask and no dropout: comparable before and after
+    training (two random batches are not)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(seed)
+            return float(mntp_loss(model, tokenizer, texts, mask_probability, max_length, generator))
+    finally:
+        model.train(was_training)
+
+
+def lr_at(step: int, steps: int, base_lr: float, warmup_steps: int) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to 0 at `steps`."""
+    import math
+
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / span, 1.0)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def optimizer_step(loss, optimizer, trainable, bar, step: int, log_fn) -> float:

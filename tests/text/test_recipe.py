@@ -1,0 +1,178 @@
+"""The corrected LLM2Vec recipe on the tiny model: post-processing, symmetric and distillation
+losses, the schedule, resume after a kill, causal vs bidirectional, and the release folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cxr_assets.config import ContrastiveParams, TextEncoderParams
+from cxr_assets.text.adapt import adapt_text_encoder
+from cxr_assets.text.contrastive import contrastive_loss, distillation_loss
+from cxr_assets.text.encoder import TextEncoder
+from cxr_assets.text.evaluation import AucItems, paired_bootstrap, unseen_corruptions
+from cxr_assets.text.mntp import lr_at
+from cxr_assets.text.postprocess import EmbeddingPostprocess
+
+
+def _params(tiny_dir: Path, **over) -> TextEncoderParams:
+    base = dict(base_model=str(tiny_dir), max_length=48, pooling="mean",
+                mntp={"steps": 4, "batch_size": 4, "eval_batch_size": 2},
+                contrastive={"steps": 4, "batch_size": 4, "warmup_steps": 1},
+                postprocess={"n_fit": 8}, checkpoint={"every_n_steps": 1})
+    base.update(over)
+    return TextEncoderParams(**base)
+
+
+def test_postprocess_centres_scales_and_round_trips(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6)).astype(np.float32) * [1, 1, 1, 1, 1, 50] + [0, 0, 0, 0, 0, 300]
+    pp = EmbeddingPostprocess.fit(x)
+    y = pp(x)
+    assert np.allclose(y.mean(0), 0, atol=1e-2) and np.allclose(y.std(0), 1, atol=1e-2)
+    pp.save(tmp_path / "pp.safetensors")
+    again = EmbeddingPostprocess.load(tmp_path / "pp.safetensors")
+    assert np.array_equal(again(x), y) and again.method == "center_scale" and again.n_fit == 200
+    # The outlier dimension dominated every cosine before; not after.
+    cos = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (a / np.linalg.norm(a, axis=1, keepdims=True)).T  # noqa: E731
+    assert cos(x).mean() > 0.9 > 0.2 > abs(cos(y).mean())
+    with pytest.raises(ValueError, match="dim 6"):
+        pp(np.ones((2, 5), dtype=np.float32))
+    with pytest.raises(ValueError, match="at least 2"):
+        EmbeddingPostprocess.fit(x[:1])
+
+
+def test_symmetric_loss_adds_the_positive_to_query_direction() -> None:
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    c = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # positives then one hard negative
+    none = torch.zeros(2, 3, dtype=torch.bool)
+    forward = contrastive_loss(q, c, 20.0, none)
+    both = contrastive_loss(q, c, 20.0, none, symmetric=True)
+    # positive -> queries: row 0 [20, 0] (target 0), row 1 [20, 0] (target 1)
+    back = torch.nn.functional.cross_entropy(torch.tensor([[20.0, 0.0], [20.0, 0.0]]),
+                                             torch.tensor([0, 1]))
+    assert both.item() == pytest.approx(0.5 * (forward.item() + back.item()), rel=1e-5)
+
+
+def test_distillation_is_zero_for_the_teacher_itself_and_positive_otherwise() -> None:
+    torch.manual_seed(0)
+    q, c = torch.randn(4, 8), torch.randn(6, 8)
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    assert distillation_loss(q, c, q, c, 20.0, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert distillation_loss(q, c, torch.randn(4, 8), torch.randn(6, 8), 20.0, mask).item() > 0.01
+
+
+def test_warmup_then_cosine_schedule() -> None:
+    lrs = [lr_at(s, 10, 1.0, 2) for s in range(10)]
+    assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
+    assert lrs[2] == pytest.approx(1.0) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[-1] < 0.05
+
+
+def test_unseen_corruptions_change_severity_and_location() -> None:
+    out = unseen_corruptions("Small left upper lobe opacity.", seed=0)
+    assert out["severity_change"] == "Large left upper lobe opacity."
+    assert out["location_change"] == "Small left lower lobe opacity."
+    assert unseen_corruptions("No acute disease.", seed=0) == {}
+
+
+def test_paired_bootstrap_interval() -> None:
+    rng = np.random.default_rng(1)
+    a = (rng.random(300) < 0.8).astype(float)
+    diff, low, high = paired_bootstrap(a, a, 200)
+    assert diff == low == high == 0.0
+    b = (rng.random(300) < 0.5).astype(float)
+    diff, low, high = paired_bootstrap(a, b, 200)
+    assert low > 0.15 and low < diff < high
+    y = np.array([0, 1] * 50, dtype=float)
+    good, bad = AucItems([(y + rng.normal(0, 0.3, 100), y)]), AucItems([(rng.normal(size=100), y)])
+    diff, low, _ = paired_bootstrap(good, bad, 200)
+    assert diff > 0.3 and low > 0.2
+
+
+def test_adapt_resumes_after_a_kill_to_the_same_encoder(tiny_dir: Path, reports,
+                                                        tmp_path: Path) -> None:
+    params = _params(tiny_dir)
+    pairs = [(r, r.lower()) for r in reports]
+    whole = adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "whole",
+                               seed=3, progress=False)
+    assert whole.mntp_eval_loss is not None and len(whole.contrastive_losses) == 4
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(stage: str, step: int, loss: float) -> None:
+        if (stage, step) == ("contrastive", 2):
+            raise Killed
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Killed):
+        adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "resumed",
+                           seed=3, progress=False, log_fn=kill_at, checkpoint_dir=ckpt)
+    assert (ckpt / "state.pt").is_file() and not (tmp_path / "resumed").exists()
+    steps: list[tuple[str, int]] = []
+    resumed = adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "resumed",
+                                 seed=3, progress=False, checkpoint_dir=ckpt,
+                                 log_fn=lambda stage, step, loss: steps.append((stage, step)))
+    assert resumed.resumed_from == "contrastive step 2"
+    assert steps == [("contrastive", 2), ("contrastive", 3)]  # MNTP and 2 steps were not redone
+    assert resumed.content_hash == whole.content_hash
+    assert resumed.contrastive_losses == pytest.approx(whole.contrastive_losses)
+    assert not ckpt.exists()  # cleared after success
+    # Another seed does not pick up a foreign checkpoint.
+    with pytest.raises(Killed):
+        adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "x", seed=3,
+                           progress=False, log_fn=kill_at, checkpoint_dir=ckpt)
+    other = adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "x", seed=4,
+                               progress=False, checkpoint_dir=ckpt)
+    assert other.resumed_from is None
+
+
+def test_release_reloads_to_the_same_embeddings_and_can_be_started_from(
+        tiny_dir: Path, reports, tmp_path: Path) -> None:
+    params = _params(tiny_dir, contrastive={"steps": 3, "batch_size": 4, "distill_weight": 0.0})
+    pairs = [(r, r.lower()) for r in reports]
+    result = adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "enc",
+                                seed=1, progress=False, release_dir=tmp_path / "release")
+    release = tmp_path / "release"
+    config = json.loads((release / "encoder_config.json").read_text())
+    assert config["format"] == "release" and config["adapters"] == ["01_mntp", "02_contrastive"]
+    assert not list(release.glob("model*.safetensors"))  # no base weights in a release
+    full = TextEncoder.from_pretrained(result.encoder_dir)
+    rebuilt = TextEncoder.from_pretrained(release)
+    assert rebuilt.postprocess is not None and rebuilt.bidirectional
+    a, b = full.encode(reports, progress=False), rebuilt.encode(reports, progress=False)
+    assert np.allclose(a, b, atol=1e-4)
+    # Post-processing is applied by default: centred on the training reports.
+    assert abs(float(a.mean())) < 0.5 and not np.allclose(
+        a, full.encode(reports, progress=False, postprocess=False), atol=1e-2)
+
+    start = _params(tiny_dir, init_from=str(release), mntp={"steps": 0},
+                    contrastive={"steps": 0})
+    same = adapt_text_encoder(reports, pairs, start, tmp_path / "cache", tmp_path / "enc2", seed=1,
+                              progress=False)
+    assert np.allclose(TextEncoder.from_pretrained(same.encoder_dir).encode(
+        reports, progress=False, postprocess=False),
+        full.encode(reports, progress=False, postprocess=False), atol=1e-4)
+    with pytest.raises(FileNotFoundError, match="not a release folder"):
+        adapt_text_encoder(reports, pairs, _params(tiny_dir, init_from=str(tmp_path)),
+                           tmp_path / "cache", tmp_path / "enc3", seed=1, progress=False)
+
+
+def test_causal_switch_and_reload_keep_the_attention_kind(tiny_dir: Path, reports,
+                                                          tmp_path: Path) -> None:
+    from cxr_assets.text.bidirectional import is_bidirectional
+
+    causal = adapt_text_encoder(reports, [(r, r.lower()) for r in reports],
+                                _params(tiny_dir, bidirectional=False, mntp={"steps": 0}),
+                                tmp_path / "cache", tmp_path / "causal", seed=1, progress=False)
+    loaded = TextEncoder.from_pretrained(causal.encoder_dir)
+    assert not loaded.bidirectional and not is_bidirectional(loaded.model, loaded.tokenizer)
+    bidir = TextEncoder.from_base(tiny_dir)
+    assert is_bidirectional(bidir.model, bidir.tokenizer)
+    raw = TextEncoder.from_base(tiny_dir, bidirectional=False)
+    assert not is_bidirectional(raw.model, raw.tokenizer)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,7 @@ def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path, progress: b
               "reports and are applied by TextEncoder.encode)")]
     adapted = TextEncoder.from_pretrained(encoder_dir)
     stored_pp = adapted.postprocess
-    variants: dict[str, Any] = ({"adapted": stored_pp, "adapted (no pp)": None}
+    variants: dict[str, Any] = ({"adapted": stored_pp, "adapted_no_pp": None}
                                 if stored_pp is not None else {"adapted": None})
     scores = score_encoder(adapted, eval_set, variants, te.embed_batch_size, progress)
     for name in te.evaluation.baselines:
@@ -254,7 +255,9 @@ def log_to_mlflow(params: Params, paths: ProjectPaths, result: Any, data: Traini
         if table is not None:
             for row in table.iter_rows(named=True):
                 key = f"eval.{row['encoder']}.{row['task']}.{row['metric']}".replace("@", "_at_")
-                mlflow.log_metric(key, row["value"])
+                # MLflow names allow alphanumerics and _-./: and spaces ("raw_llm+pp" -> raw_llm_pp)
+                mlflow.log_metric(re.sub(r"[^A-Za-z0-9_\-./: ]", "_", key).replace(" ", "_"),
+                                  row["value"])
         for file in eval_files or ():
             mlflow.log_artifact(str(file), artifact_path="evaluation")
         # The artifact: the whole folder when small; a large LLM's weights stay in the DVC-tracked

@@ -366,8 +366,9 @@ def _gradient_checkpointing(peft_model: Any, enabled: bool) -> None:
         peft_model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs={"use_reentrant": False})
         peft_model.enable_input_require_grads()
-    else:
-        peft_model.gradient_checkpointing_disable()  # a no-op when it was never enabled
+    else:  # a no-op when it was never enabled; transformers 5 renamed it
+        getattr(peft_model, "activation_checkpointing_disable",
+                peft_model.gradient_checkpointing_disable)()
 
 
 def _collect(log: Callable[[int, float], None] | None, sink: list[float]) -> Callable[[int, float], None]:

@@ -269,8 +269,11 @@ class EncoderScores:
 
 def evaluate_encoder(encoder: Any, data: EvalSet, name: str, batch_size: int = 16,
                      progress: bool = False, min_class: int = 5) -> list[dict[str, Any]]:
-    """Tidy rows (encoder, task, metric, value, n) of every task for one encoder."""
-    return score_encoder(encoder, data, {name: None}, batch_size, progress, min_class)[0].rows
+    """Tidy rows (encoder, task, metric, value, n) of every task for one encoder, embedding as
+    its `encode` does by default (with its own post-processing, when it has one)."""
+    own = getattr(encoder, "postprocess", None)
+    transform = own if callable(own) else None
+    return score_encoder(encoder, data, {name: transform}, batch_size, progress, min_class)[0].rows
 
 
 def score_encoder(encoder: Any, data: EvalSet, variants: dict[str, Any], batch_size: int = 16,

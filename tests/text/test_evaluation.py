@@ -134,12 +134,18 @@ def test_iu_eval_set_never_overlaps_the_training_part() -> None:
     from cxr_assets.text.evaluation import build_eval_set, load_iu_reports
 
     frame = load_iu_reports(IU_CSV, "cxr-text-eval-v1", 0.3)
-    assert frame.height > 3000 and set(frame["split"]) == {"train", "heldout"}
+    assert frame.height > 3000 and set(frame["split"]) == {"train", "heldout", "train_duplicate"}
     data = build_eval_set(frame, 60, seed=0)
-    train_uids = set(frame.filter(pl.col("split") == "train")["uid"])
+    train = frame.filter(pl.col("split") == "train")
     held = frame.filter(pl.col("split") == "heldout")
     assert set(data.reports) <= set(held["report"])
-    assert not train_uids & set(held["uid"])
+    assert not set(train["uid"]) & set(held["uid"])
+    # Identical texts never sit on both sides (normal reports repeat verbatim across studies).
+    canon = lambda texts: {" ".join(t.lower().split()) for t in texts}  # noqa: E731
+    assert not canon(train["report"]) & canon(held["report"])
+    duplicates = frame.filter(pl.col("split") == "train_duplicate")
+    assert duplicates.height > 100 and canon(duplicates["report"]) <= canon(held["report"])
+    assert sum(1 for u in data.unseen if u) > 5
     assert len(data.reports) == 60 and len(data.findings) == len(data.impressions)
     assert sum(1 for a in data.abbreviated if a) > 30
     assert sum(1 for c in data.corrupted if c) > 20

@@ -21,3 +21,15 @@ def test_iu_profile_differs_from_params_only_in_text_encoder() -> None:
     assert set(iu_raw) == set(base_raw)
     changed = [k for k in base_raw if iu_raw[k] != base_raw[k]]
     assert changed == ["text_encoder"], f"params.iu.yaml is out of sync with params.yaml: {changed}"
+
+
+def test_release_profile_differs_only_in_paths_and_text_encoder() -> None:
+    release = load_params(REPO / "params.release.yaml")
+    base = load_params(REPO / "params.yaml")
+    assert release.text_encoder.init_from is None and release.text_encoder.release_to
+    assert base.text_encoder.init_from == release.text_encoder.release_to
+    assert release.paths.artifacts_dir != base.paths.artifacts_dir  # the demo's artifacts stay
+    raw = yaml.safe_load((REPO / "params.release.yaml").read_text())
+    base_raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    changed = sorted(k for k in base_raw if raw[k] != base_raw[k])
+    assert changed == ["paths", "text_encoder"], f"params.release.yaml out of sync: {changed}"

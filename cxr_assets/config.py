@@ -344,7 +344,7 @@ class ClipParams(_Section):
 class ComparisonParams(_Section):
     """model_comparison: text towers trained with the same CLIP budget, in-domain and cross-site."""
 
-    text_towers: list[Literal["adapted", "minilm", "raw_llm", "tfidf"]] = Field(
+    text_towers: list[Literal["adapted", "minilm", "minilm_finetuned", "raw_llm", "tfidf"]] = Field(
         ["adapted", "minilm", "raw_llm"], min_length=1,
         description="towers compared; adapted in-domain is this run's clip_model itself")
     epochs: int | None = Field(None, ge=1, description="CLIP epochs per tower; None = clip.epochs")

@@ -69,6 +69,11 @@ class OnlineTextTower(nn.Module):
         if self.head is not None:
             self.head.requires_grad_(False)
         self.dim = int(encoder.dim)
+        # The encoder's fitted post-processing as fixed buffers: the online tower embeds exactly
+        # as TextEncoder.encode does (and as the cached tower's stored embeddings are).
+        pp = encoder.postprocess
+        self.register_buffer("pp_mean", None if pp is None else torch.from_numpy(pp.mean.copy()))
+        self.register_buffer("pp_scale", None if pp is None else torch.from_numpy(pp.scale.copy()))
 
     @classmethod
     def from_folder(cls, folder: Path, lora: Any | None = None) -> OnlineTextTower:
@@ -85,7 +90,10 @@ class OnlineTextTower(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         from cxr_assets.text.pooling import embed_batch
 
-        return embed_batch(self.body, batch, self.encoder.pooling, self.head)
+        pooled = embed_batch(self.body, batch, self.encoder.pooling, self.head)
+        if self.pp_mean is not None:
+            pooled = (pooled - self.pp_mean) / self.pp_scale
+        return pooled
 
     def merged_encoder(self) -> Any:
         """A TextEncoder with the LoRA weights folded in (a copy; training state untouched)."""
@@ -96,4 +104,5 @@ class OnlineTextTower(nn.Module):
             body = body.merge_and_unload()
         enc = self.encoder
         return TextEncoder(body, enc.tokenizer, enc.pooling, enc.instruction, enc.max_length,
-                           base_model=enc.base_model, pooling_head=enc.pooling_head)
+                           base_model=enc.base_model, pooling_head=enc.pooling_head,
+                           bidirectional=enc.bidirectional, postprocess=enc.postprocess)

@@ -1,6 +1,7 @@
 """model_comparison: the adapted report encoder against baseline text towers, same CLIP budget.
 
-For each tower in evaluation.comparison.text_towers (adapted, minilm, raw_llm, tfidf) a CLIP
+For each tower in evaluation.comparison.text_towers (adapted, minilm, minilm_finetuned,
+raw_llm, tfidf) a CLIP
 model is trained with the clip params of this run (cached text tower, same seed, epochs and
 data) and evaluated in-domain (test split) and cross-site (trained without a site, evaluated on
 all its studies). The in-domain adapted row is the clip_model of this run itself. Writes
@@ -58,10 +59,47 @@ def tower_embeddings(name: str, params: Params, paths: ProjectPaths, studies: pl
                                   te.max_length, te.dtype)
         return _cached_encode(encoder, f"baseline-raw-{encoder.content_hash}", texts,
                               te.instruction or None, paths, te.embed_batch_size, progress)
+    if name == "minilm_finetuned":
+        return _finetuned_minilm_embeddings(params, paths, texts, progress)
     if name == "tfidf":  # vocabulary from the training reports only
         train_texts = [t for t, s in zip(texts, studies["split"].to_list()) if s == "train"]
         return TfidfEncoder(train_texts).encode(texts)
     raise ValueError(f"model_comparison: unknown text tower {name!r}")
+
+
+def _finetuned_minilm_embeddings(params: Params, paths: ProjectPaths, texts: list[str],
+                                 progress: bool) -> np.ndarray:
+    """all-MiniLM-L6-v2 fine-tuned on the pipeline's training pairs with the adapted encoder's
+    contrastive budget (the release's, when the encoder starts from one), cached by both."""
+    import hashlib
+    import json
+
+    from cxr_assets.config import ContrastiveParams
+    from cxr_assets.stages.text_encoder import training_data
+    from cxr_assets.text.baselines import finetune_minilm
+
+    te = params.text_encoder
+    budget = te.contrastive
+    if te.init_from:
+        training = paths.at(te.init_from) / "training.json"
+        if training.is_file():
+            stored = json.loads(training.read_text())["params"]["contrastive"]
+            budget = ContrastiveParams(**stored)
+    if budget.steps == 0:
+        raise ValueError("model_comparison: minilm_finetuned needs a contrastive budget > 0 steps")
+    data = training_data(params, paths, progress=False)
+    digest = hashlib.sha256(json.dumps([data.pairs, data.hard_negatives, data.tasks,
+                                        budget.model_dump(), params.project.seed]).encode())
+    key = f"baseline-minilm-ft-{digest.hexdigest()[:16]}"
+    from cxr_assets.embed.text_cache import EmbeddingCache, text_hash
+
+    cache = EmbeddingCache(paths.embedding_cache_dir, key)
+    keys = [text_hash(t, None) for t in texts]
+    if cache.missing(keys):
+        encoder = finetune_minilm(data.pairs, data.hard_negatives, data.tasks, budget,
+                                  params.project.seed, progress)
+        return _cached_encode(encoder, key, texts, None, paths, te.embed_batch_size, progress)
+    return cache.get(keys)
 
 
 def _train_and_embed(params: Params, paths: ProjectPaths, train: pl.DataFrame, val: pl.DataFrame,

@@ -277,11 +277,12 @@ def release_markdown(init_from: str | None, paths: ProjectPaths) -> str:
     need hours of training, so they are measured once per release, not on every run)."""
     if not init_from:
         return ""
-    card = paths.at(init_from) / "EVALUATION.md"
-    if not card.is_file():
+    parts = [paths.at(init_from) / name for name in ("EVALUATION.md", "ABLATIONS.md")]
+    stored = "\n".join(p.read_text() for p in parts if p.is_file())
+    if not stored:
         return ""
     return (f"\n## Stored with the release `{init_from}` (measured when it was trained)\n\n"
-            + card.read_text())
+            + stored.replace("\n# ", "\n### ").replace("\n## ", "\n### "))
 
 
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:

@@ -176,3 +176,19 @@ def test_causal_switch_and_reload_keep_the_attention_kind(tiny_dir: Path, report
     assert is_bidirectional(bidir.model, bidir.tokenizer)
     raw = TextEncoder.from_base(tiny_dir, bidirectional=False)
     assert not is_bidirectional(raw.model, raw.tokenizer)
+
+
+def test_online_clip_tower_embeds_as_encode_does(tiny_dir: Path, reports, tmp_path: Path) -> None:
+    from cxr_assets.clip.text_tower import OnlineTextTower
+
+    result = adapt_text_encoder(reports, [(r, r.lower()) for r in reports],
+                                _params(tiny_dir, bidirectional=False, mntp={"steps": 0},
+                                        contrastive={"steps": 1, "batch_size": 4}),
+                                tmp_path / "cache", tmp_path / "enc", seed=1, progress=False)
+    encoder = TextEncoder.from_pretrained(result.encoder_dir)
+    tower = OnlineTextTower(encoder).eval()
+    with torch.no_grad():
+        online = tower(tower.tokenize(reports[:3])).numpy()
+    assert np.allclose(online, encoder.encode(reports[:3], progress=False), atol=1e-4)
+    merged = tower.merged_encoder()
+    assert not merged.bidirectional and merged.postprocess is encoder.postprocess

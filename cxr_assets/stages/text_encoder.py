@@ -289,6 +289,8 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     from cxr_assets.text.adapt import adapt_text_encoder
 
     te = params.text_encoder
+    if te.init_from:  # relative to the project root, wherever the process runs
+        te = te.model_copy(update={"init_from": str(paths.at(te.init_from))})
     if te.corpus.source == "catalog":
         require("text_encoder", {"report_texts": [paths.report_texts_table],
                                  "study_splits": [paths.splits_table]})
@@ -313,7 +315,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
             log.warning("; ".join(notes))
     notes = notes + result.notes
     eval_files = write_evaluation(table, notes, paths.reports_dir, differences,
-                                  release_markdown(te.init_from, paths))
+                                  release_markdown(params.text_encoder.init_from, paths))
     if result.release_dir is not None:
         import shutil
 

@@ -187,13 +187,7 @@ def adapt_text_encoder(
                 f"{params.base_model}: attention is still causal after enable_bidirectional"
             )
     if params.init_from:
-        from cxr_assets.text.release import is_release
-
-        if not is_release(Path(params.init_from)):
-            raise FileNotFoundError(
-                f"text_encoder.init_from {params.init_from!r} is not a release folder "
-                "(encoder_config.json with format 'release')")
-        model = apply_adapters(model, Path(params.init_from))
+        model = apply_adapters(model, _check_release(Path(params.init_from), params))
         notes.append(f"started from release {params.init_from}")
     n_layers = int(model.config.num_hidden_layers)
 
@@ -204,9 +198,15 @@ def adapt_text_encoder(
 
     head = None
     if params.pooling == "latent_attention":
-        head = make_latent_attention(int(model.config.hidden_size),
-                                     params.latent_attention.num_latents,
-                                     params.latent_attention.num_heads, seed=seed)
+        released_head = Path(params.init_from or "") / "pooling_head.safetensors"
+        if params.init_from and released_head.is_file():
+            from cxr_assets.text.encoder import load_pooling_head
+
+            head = load_pooling_head(released_head, int(model.config.hidden_size))
+        else:
+            head = make_latent_attention(int(model.config.hidden_size),
+                                         params.latent_attention.num_latents,
+                                         params.latent_attention.num_heads, seed=seed)
     adapter_tmp = Path(tempfile.mkdtemp(prefix="cxr-adapters-"))
     adapters: dict[str, Path] = {}  # merged in this order by a release
 
@@ -358,6 +358,25 @@ def adapt_text_encoder(
         release_dir=Path(release_dir) if release_dir is not None else None,
         notes=notes,
     )
+
+
+def _check_release(folder: Path, params: TextEncoderParams) -> Path:
+    """The release folder to start from, refused when it was trained for another setting."""
+    from cxr_assets.text.encoder import ENCODER_CONFIG
+    from cxr_assets.text.release import is_release
+
+    if not is_release(folder):
+        raise FileNotFoundError(
+            f"text_encoder.init_from {str(folder)!r} is not a release folder "
+            "(encoder_config.json with format 'release')")
+    stored = json.loads((folder / ENCODER_CONFIG).read_text())
+    for key, want in (("base_model", params.base_model), ("bidirectional", params.bidirectional),
+                      ("pooling", params.pooling)):
+        if stored.get(key, True if key == "bidirectional" else None) != want:
+            raise ValueError(
+                f"text_encoder.init_from {str(folder)!r} was trained with {key}="
+                f"{stored.get(key)!r}, but text_encoder.{key} is {want!r}")
+    return folder
 
 
 def _gradient_checkpointing(peft_model: Any, enabled: bool) -> None:

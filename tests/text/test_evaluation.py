@@ -141,7 +141,9 @@ def test_iu_eval_set_never_overlaps_the_training_part() -> None:
     assert set(data.reports) <= set(held["report"])
     assert not set(train["uid"]) & set(held["uid"])
     # Identical texts never sit on both sides (normal reports repeat verbatim across studies).
-    canon = lambda texts: {" ".join(t.lower().split()) for t in texts}  # noqa: E731
+    def canon(texts) -> set[str]:
+        return {" ".join(t.lower().split()) for t in texts}
+
     assert not canon(train["report"]) & canon(held["report"])
     duplicates = frame.filter(pl.col("split") == "train_duplicate")
     assert duplicates.height > 100 and canon(duplicates["report"]) <= canon(held["report"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from cxr_assets.config import ContrastiveParams, TextEncoderParams
+from cxr_assets.config import TextEncoderParams
 from cxr_assets.text.adapt import adapt_text_encoder
 from cxr_assets.text.contrastive import contrastive_loss, distillation_loss
 from cxr_assets.text.encoder import TextEncoder
@@ -20,10 +20,10 @@ from cxr_assets.text.postprocess import EmbeddingPostprocess
 
 
 def _params(tiny_dir: Path, **over) -> TextEncoderParams:
-    base = dict(base_model=str(tiny_dir), max_length=48, pooling="mean",
-                mntp={"steps": 4, "batch_size": 4, "eval_batch_size": 2},
-                contrastive={"steps": 4, "batch_size": 4, "warmup_steps": 1},
-                postprocess={"n_fit": 8}, checkpoint={"every_n_steps": 1})
+    base = {"base_model": str(tiny_dir), "max_length": 48, "pooling": "mean",
+            "mntp": {"steps": 4, "batch_size": 4, "eval_batch_size": 2},
+            "contrastive": {"steps": 4, "batch_size": 4, "warmup_steps": 1},
+            "postprocess": {"n_fit": 8}, "checkpoint": {"every_n_steps": 1}}
     base.update(over)
     return TextEncoderParams(**base)
 
@@ -38,8 +38,11 @@ def test_postprocess_centres_scales_and_round_trips(tmp_path: Path) -> None:
     again = EmbeddingPostprocess.load(tmp_path / "pp.safetensors")
     assert np.array_equal(again(x), y) and again.method == "center_scale" and again.n_fit == 200
     # The outlier dimension dominated every cosine before; not after.
-    cos = lambda a: (a / np.linalg.norm(a, axis=1, keepdims=True)) @ (a / np.linalg.norm(a, axis=1, keepdims=True)).T  # noqa: E731
-    assert cos(x).mean() > 0.9 > 0.2 > abs(cos(y).mean())
+    def mean_cosine(a: np.ndarray) -> float:
+        unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+        return float((unit @ unit.T).mean())
+
+    assert mean_cosine(x) > 0.9 and abs(mean_cosine(y)) < 0.2
     with pytest.raises(ValueError, match="dim 6"):
         pp(np.ones((2, 5), dtype=np.float32))
     with pytest.raises(ValueError, match="at least 2"):

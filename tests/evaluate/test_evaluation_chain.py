@@ -30,7 +30,8 @@ def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, m
     write_params(tmp_path, tiny_params(tmp_path, tiny_llm, evaluation={
         "bootstrap_samples": 50, "subset_per_finding": 5, "search_hnsw_min_rows": 5,
         "alert_webhook": "http://127.0.0.1:9/unreachable",
-        "comparison": {"text_towers": ["adapted", "minilm", "raw_llm", "tfidf"]}}))
+        "comparison": {"text_towers": ["adapted", "minilm", "minilm_finetuned", "raw_llm",
+                                       "tfidf"]}}))
     monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     params = load_params(tmp_path / "params.yaml")
@@ -71,7 +72,8 @@ def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, m
 
     table = pl.read_csv(tmp_path / "reports/comparison/comparison.csv")
     assert set(zip(table["tower"], table["protocol"])) == {
-        (t, p) for t in ("adapted", "minilm", "raw_llm", "tfidf") for p in ("in_domain", "cross_site:INST_C")}
+        (t, p) for t in ("adapted", "minilm", "minilm_finetuned", "raw_llm", "tfidf")
+        for p in ("in_domain", "cross_site:INST_C")}
     assert (table["mean_recall_ci_low"] <= table["mean_recall"]).all()
     assert (table["mean_recall"] <= table["mean_recall_ci_high"]).all()
     in_domain = table.filter(pl.col("protocol") == "in_domain")

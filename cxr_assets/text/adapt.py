@@ -269,7 +269,7 @@ def adapt_text_encoder(
             # llm2vec: merge the MNTP LoRA, then train a fresh LoRA contrastively.
             round_lora_to_fp16(peft_model)
             mntp_adapter_state = _adapter_state(peft_model)
-            save_adapter(peft_model, adapter_tmp / "mntp")
+            save_adapter(peft_model, adapter_tmp / "mntp", params.base_model)
             adapters["mntp"] = adapter_tmp / "mntp"
             _gradient_checkpointing(peft_model, False)
             model = peft_model.merge_and_unload()
@@ -320,7 +320,7 @@ def adapt_text_encoder(
         if params.contrastive.steps > 0 or not params.mntp.merge:
             round_lora_to_fp16(peft_model)
             name = "contrastive" if params.mntp.merge or params.mntp.steps == 0 else "mntp_contrastive"
-            save_adapter(peft_model, adapter_tmp / name)
+            save_adapter(peft_model, adapter_tmp / name, params.base_model)
             adapters[name] = adapter_tmp / name
         merged = peft_model.merge_and_unload()
 

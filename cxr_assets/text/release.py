@@ -50,14 +50,19 @@ def round_lora_to_fp16(peft_model: Any) -> None:
                 param.copy_(param.to(torch.float16).to(param.dtype))
 
 
-def save_adapter(peft_model: Any, folder: Path) -> None:
-    """The active LoRA adapter as a peft folder with fp16 weights."""
+def save_adapter(peft_model: Any, folder: Path, base_model: str) -> None:
+    """The active LoRA adapter as a peft folder with fp16 weights; its config names the base
+    model by its spec (e.g. smollm2-gguf), not by this machine's cache path."""
+    import copy
+
     import torch
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
-    peft_model.peft_config["default"].save_pretrained(str(folder))
+    config = copy.copy(peft_model.peft_config["default"])
+    config.base_model_name_or_path = base_model
+    config.save_pretrained(str(folder))
     state = {k: v.detach().to(torch.float16).contiguous().cpu()
              for k, v in get_peft_model_state_dict(peft_model).items()}
     save_file(state, str(folder / "adapter_model.safetensors"))

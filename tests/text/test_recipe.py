@@ -145,6 +145,8 @@ def test_release_reloads_to_the_same_embeddings_and_can_be_started_from(
     config = json.loads((release / "encoder_config.json").read_text())
     assert config["format"] == "release" and config["adapters"] == ["01_mntp", "02_contrastive"]
     assert not list(release.glob("model*.safetensors"))  # no base weights in a release
+    adapter = json.loads((release / "adapters/01_mntp/adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_dir)  # the spec, as configured
     full = TextEncoder.from_pretrained(result.encoder_dir)
     rebuilt = TextEncoder.from_pretrained(release)
     assert rebuilt.postprocess is not None and rebuilt.bidirectional

@@ -95,7 +95,7 @@ def main(argv: list[str]) -> int:
             with results_file.open("a") as handle:
                 handle.write(json.dumps(line) + "\n")
 
-    for name in [b for b in BASELINES if f"baseline:{b}" not in done and not args.variants]:
+    for name in [b for b in BASELINES if f"baseline:{b}" not in done]:
         start = time.perf_counter()
         encoder = _baseline(name, params, paths, iu_train, None, progress=False)
         scores = score_encoder(encoder, data, {name: None, f"{name}+pp": fit_for(encoder, fit_texts)})

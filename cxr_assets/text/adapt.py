@@ -148,7 +148,8 @@ def adapt_text_encoder(
     negatives only. tasks: one task name per pair for single-task batches. log_fn(stage, step,
     loss) is called after every step, stage in {"mntp", "simcse", "contrastive"}.
     release_dir: also write the release folder (adapters + head + post-processing only).
-    The same inputs, params and seed give the same weights (and content_hash) on the same machine.
+    The same inputs, params and seed give the same weights on the same machine (and the same
+    content_hash, unless fitted post-processing statistics differ in their last bits).
     """
     from peft import get_peft_model
 

@@ -92,6 +92,9 @@ def test_adapt_end_to_end_is_deterministic(tiny_dir: Path, reports, tmp_path: Pa
         pooling="weighted_mean",
         mntp={"steps": 3, "batch_size": 4},
         contrastive={"steps": 3, "batch_size": 4},
+        # Post-processing statistics are fitted on encoded reports, whose last bits can differ
+        # between two identical runs on a random tiny model; the weights must not.
+        postprocess={"method": "none"},
     )
     pairs = [(r, r.lower()) for r in reports]
     logged: list[tuple[str, int]] = []

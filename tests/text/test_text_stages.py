@@ -79,7 +79,12 @@ def test_stages_train_on_variants_evaluate_log_and_cache(tiny_dir: Path, tmp_pat
 
     table = pl.DataFrame(__import__("json").loads(
         (paths.reports_dir / "text_encoder_eval.json").read_text())["rows"])
-    assert set(table["encoder"]) == {"adapted", "raw_llm", "tfidf"}
+    assert set(table["encoder"]) == {"adapted", "adapted_no_pp", "raw_llm", "raw_llm+pp", "tfidf",
+                                     "tfidf+pp"}
+    eval_json = __import__("json").loads((paths.reports_dir / "text_encoder_eval.json").read_text())
+    diffs = pl.DataFrame(eval_json["differences"])
+    assert set(diffs["baseline"]) == {"adapted_no_pp", "raw_llm", "raw_llm+pp", "tfidf", "tfidf+pp"}
+    assert (diffs["ci_low"] <= diffs["ci_high"]).all()
     assert {"abbreviation", "summarization", "error_discrimination", "label_consistency",
             "zero_shot"} <= set(table["task"])
     assert "| summarization | R@1" in (paths.reports_dir / "text_encoder_eval.md").read_text()

@@ -189,7 +189,7 @@ def adapt_text_encoder(
             )
     if params.init_from:
         model = apply_adapters(model, _check_release(Path(params.init_from), params))
-        notes.append(f"started from release {params.init_from}")
+        notes.append(f"started from release {Path(params.init_from).name}")
     n_layers = int(model.config.num_hidden_layers)
 
     key = run_key(params, seed, reports, pairs, hard_negatives, tasks)

@@ -1,15 +1,18 @@
-"""text_encoder: adapt the base LLM into a bidirectional report encoder (LLM2Vec recipe).
+"""text_encoder: adapt a base LLM (or a released adapted encoder) into a report encoder.
 
-Bidirectional attention, LoRA (peft) masked next-token prediction on the training split's reports,
-then supervised contrastive training on report variants (findings <-> impression, abbreviated,
-style rewrites, with hard negatives; single-task batches) or, without the variants table, on
-(findings, impression) pairs; LoRA is merged and the encoder saved as one folder (safetensors,
-tokenizer, pooling head, encoder config with a content hash).
+The recipe (cxr_assets/text/adapt.py): attention bidirectional or causal, LoRA masked next-token
+prediction on the training split's reports (merged), then symmetric contrastive training on report
+variants (abbreviated -> report, findings -> impression, style rewrites, with hard negatives;
+single-task batches; optional teacher distillation) or, without the variants table, on
+(findings, impression) pairs; merged; post-processing fitted on training reports; saved as one
+folder (safetensors, tokenizer, pooling head, post-processing, encoder config with a content
+hash). `text_encoder.init_from` starts from a release folder, `release_to` writes one.
 
 `text_encoder.corpus.source: iu_csv` adapts on the IU reports instead (their training part of a
-uid-level split). Afterwards the adapted encoder and the baselines (raw base LLM, MiniLM, TF-IDF)
-are evaluated on the held-out IU reports (`reports/text_encoder_eval.json` + `.md`), and both
-adaptation stages, the evaluation and the artifact are logged to MLflow.
+uid-level split, held-out texts removed). Afterwards the adapted encoder and the baselines, each
+with and without post-processing, are evaluated on the held-out IU reports with paired bootstrap
+intervals (`reports/text_encoder_eval.json` + `.md`, with the release's stored tables appended),
+and both adaptation stages, the evaluation and the artifact are logged to MLflow.
 """
 
 from __future__ import annotations

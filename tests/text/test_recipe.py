@@ -3,6 +3,7 @@ losses, the schedule, resume after a kill, causal vs bidirectional, and the rele
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def test_distillation_is_zero_for_the_teacher_itself_and_positive_otherwise() ->
 def test_warmup_then_cosine_schedule() -> None:
     lrs = [lr_at(s, 10, 1.0, 2) for s in range(10)]
     assert lrs[0] == pytest.approx(0.5) and lrs[1] == pytest.approx(1.0)
-    assert lrs[2] == pytest.approx(1.0) and all(a >= b for a, b in zip(lrs[2:], lrs[3:]))
+    assert lrs[2] == pytest.approx(1.0) and all(a >= b for a, b in itertools.pairwise(lrs[2:]))
     assert lrs[-1] < 0.05
 
 

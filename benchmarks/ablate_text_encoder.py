@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -59,7 +58,7 @@ def main(argv: list[str]) -> int:
     from cxr_assets.text.adapt import adapt_text_encoder
     from cxr_assets.text.encoder import TextEncoder
     from cxr_assets.text.evaluation import build_eval_set, load_iu_reports, score_encoder
-    from cxr_assets.text.postprocess import fit_for
+    from cxr_assets.text.postprocess import fit_for, fit_sample
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variants", nargs="*", help=f"some of {', '.join(VARIANTS)} (default all)")
@@ -84,7 +83,7 @@ def main(argv: list[str]) -> int:
     iu = load_iu_reports(paths.at(te.corpus.iu_csv), te.corpus.salt, te.corpus.heldout_fraction)
     data = build_eval_set(iu, args.reports, te.evaluation.seed)
     iu_train = list(dict.fromkeys(iu.filter(pl.col("split") == "train")["report"].to_list()))
-    fit_texts = random.Random(params.project.seed).sample(iu_train, BUDGET["postprocess"]["n_fit"])
+    fit_texts = fit_sample(iu_train, BUDGET["postprocess"]["n_fit"], params.project.seed)
 
     def record(variant: str, scores: list, seconds: float, extra: dict) -> None:
         for s in scores:

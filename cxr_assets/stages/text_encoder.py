@@ -128,7 +128,7 @@ def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path, progress: b
         score_encoder,
         scores_table,
     )
-    from cxr_assets.text.postprocess import fit_for
+    from cxr_assets.text.postprocess import fit_for, fit_sample
 
     te = params.text_encoder
     csv = paths.at(te.evaluation.iu_csv)
@@ -160,20 +160,13 @@ def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path, progress: b
             continue
         variants = {name: None}
         if te.evaluation.postprocess_baselines:
-            fit_texts = _fit_sample(iu_train, te.postprocess.n_fit, params.project.seed)
+            fit_texts = fit_sample(iu_train, te.postprocess.n_fit, params.project.seed)
             variants[f"{name}+pp"] = fit_for(encoder, fit_texts, batch_size=te.embed_batch_size)
         scores += score_encoder(encoder, eval_set, variants, te.embed_batch_size, progress)
     table = scores_table([row for s in scores for row in s.rows])
     differences = difference_table(scores, "adapted", te.evaluation.bootstrap_samples,
                                    te.evaluation.seed) if te.evaluation.bootstrap_samples else None
     return table, notes, differences
-
-
-def _fit_sample(texts: list[str], n: int, seed: int) -> list[str]:
-    import random
-
-    unique = list(dict.fromkeys(texts))
-    return unique if len(unique) <= n else random.Random(seed).sample(unique, n)
 
 
 def _baseline(name: str, params: Params, paths: ProjectPaths, iu_train: list[str],

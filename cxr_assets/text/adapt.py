@@ -121,13 +121,6 @@ def _adapter_state(peft_model: Any) -> dict:
     return {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
 
 
-def _sample(texts: list[str], n: int, seed: int) -> list[str]:
-    unique = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
-    if len(unique) <= n:
-        return unique
-    return random.Random(seed).sample(unique, n)
-
-
 def adapt_text_encoder(
     reports: list[str],
     pairs: list[tuple[str, str]],
@@ -159,7 +152,7 @@ def adapt_text_encoder(
     from cxr_assets.text.encoder import TextEncoder
     from cxr_assets.text.mntp import fixed_batch_loss, train_mntp
     from cxr_assets.text.pooling import make_latent_attention
-    from cxr_assets.text.postprocess import EmbeddingPostprocess
+    from cxr_assets.text.postprocess import EmbeddingPostprocess, fit_sample
     from cxr_assets.text.release import (
         apply_adapters,
         round_lora_to_fp16,
@@ -215,7 +208,7 @@ def adapt_text_encoder(
         return None if log_fn is None else (lambda step, loss: log_fn(stage, step, loss))
 
     # Reports for the fixed MNTP evaluation batch are held aside from MNTP training.
-    eval_texts = _sample(reports, params.mntp.eval_batch_size, seed + 7) \
+    eval_texts = fit_sample(reports, params.mntp.eval_batch_size, seed + 7) \
         if params.mntp.steps > 0 and params.mntp.eval_batch_size > 0 and len(reports) > 2 * params.mntp.eval_batch_size else []
     held = set(eval_texts)
     mntp_texts = [r for r in reports if r not in held]
@@ -329,7 +322,7 @@ def adapt_text_encoder(
                               params.max_length, base_model=params.base_model,
                               pooling_head=head, bidirectional=params.bidirectional)
         if params.postprocess.method != "none":
-            fit_texts = _sample(reports, params.postprocess.n_fit, seed + 11)
+            fit_texts = fit_sample(reports, params.postprocess.n_fit, seed + 11)
             raw = encoder.encode(fit_texts, batch_size=params.embed_batch_size,
                                  progress=progress, postprocess=False)
             encoder.postprocess = EmbeddingPostprocess.fit(raw, params.postprocess.method)

@@ -106,6 +106,14 @@ class PostprocessedEncoder:
                                                     batch_size=batch_size, progress=progress))
 
 
+def fit_sample(texts: list[str], n: int, seed: int) -> list[str]:
+    """Up to `n` distinct non-empty texts, a seeded sample: the reports statistics are fitted on."""
+    import random
+
+    unique = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
+    return unique if len(unique) <= n else random.Random(seed).sample(unique, n)
+
+
 def fit_for(encoder: Any, texts: list[str], method: str = "center_scale", batch_size: int = 16,
             progress: bool = False) -> EmbeddingPostprocess:
     """Fit post-processing on `encoder`'s raw embeddings of `texts` (training reports)."""

@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cxr_assets.text.encoder import ENCODER_CONFIG, POOLING_HEAD, folder_hash
+from cxr_assets.text.encoder import ENCODER_CONFIG, POOLING_HEAD, _replace_folder, folder_hash
 from cxr_assets.text.postprocess import POSTPROCESS_FILE
 
 RELEASE_FORMAT = "release"
@@ -106,9 +106,7 @@ def write_release(out_dir: Path, encoder: Any, adapters: dict[str, Path],
         (tmp / ENCODER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         for name, text in (extra_files or {}).items():  # after the hash: documentation only
             (tmp / name).write_text(text)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        _replace_folder(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

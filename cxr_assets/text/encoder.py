@@ -344,9 +344,12 @@ def save_pooling_head(head: Any, file: Path) -> None:
     """Write a latent-attention head as safetensors; its sizes go into the file's metadata."""
     from safetensors.torch import save_file
 
+    from cxr_assets.text.postprocess import single_key_metadata
+
     tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    meta = {"num_latents": str(head.num_latents), "num_heads": str(head.num_heads),
-            "hidden_size": str(head.hidden_size)}
+    meta = single_key_metadata("pooling_head", {"num_latents": head.num_latents,
+                                                "num_heads": head.num_heads,
+                                                "hidden_size": head.hidden_size})
     save_file(tensors, str(file), metadata=meta)
 
 
@@ -356,12 +359,13 @@ def load_pooling_head(file: Path, hidden_size: int) -> Any:
     from safetensors.torch import load_file
 
     from cxr_assets.text.pooling import make_latent_attention
+    from cxr_assets.text.postprocess import read_single_key_metadata
 
     file = Path(file)
     if not file.is_file():
         raise FileNotFoundError(f"{file}: latent-attention pooling head missing")
     with safe_open(str(file), "pt") as handle:
-        meta = handle.metadata() or {}
+        meta = read_single_key_metadata(handle.metadata(), "pooling_head")
     try:
         latents, heads = int(meta["num_latents"]), int(meta["num_heads"])
     except KeyError as error:

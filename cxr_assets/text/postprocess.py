@@ -67,7 +67,8 @@ class EmbeddingPostprocess:
         from safetensors.numpy import save_file
 
         save_file({"mean": self.mean, "scale": self.scale}, str(file),
-                  metadata={"method": self.method, "n_fit": str(self.n_fit)})
+                  metadata=single_key_metadata("postprocess",
+                                               {"method": self.method, "n_fit": self.n_fit}))
 
     @classmethod
     def load(cls, file: Path) -> EmbeddingPostprocess:
@@ -78,12 +79,28 @@ class EmbeddingPostprocess:
         if not file.is_file():
             raise FileNotFoundError(f"{file}: post-processing statistics missing")
         with safe_open(str(file), "np") as handle:
-            meta = handle.metadata() or {}
+            meta = read_single_key_metadata(handle.metadata(), "postprocess")
         tensors = load_file(str(file))
         if {"mean", "scale"} - set(tensors):
             raise ValueError(f"{file}: needs tensors 'mean' and 'scale', has {sorted(tensors)}")
         return cls(tensors["mean"], tensors["scale"], meta.get("method", "center_scale"),
                    int(meta.get("n_fit", 0)))
+
+
+def single_key_metadata(key: str, values: dict[str, Any]) -> dict[str, str]:
+    """safetensors metadata as one JSON entry: the library writes a metadata map in a random
+    key order, so two or more keys would make identical files differ in bytes (and hash)."""
+    import json
+
+    return {key: json.dumps(values, sort_keys=True)}
+
+
+def read_single_key_metadata(meta: dict[str, str] | None, key: str) -> dict[str, Any]:
+    """Read what single_key_metadata wrote (or, for older files, the flat string map)."""
+    import json
+
+    meta = meta or {}
+    return json.loads(meta[key]) if key in meta else dict(meta)
 
 
 def _round(values: np.ndarray) -> np.ndarray:

@@ -179,6 +179,8 @@ class ContrastiveParams(_Section):
     symmetric: bool = Field(True, description="InfoNCE in both directions (query->candidates and "
                             "positive->queries); false: query->candidates only")
     hard_negatives: bool = Field(True, description="use report_variants hard negatives when present")
+    finding_statements: bool = Field(False, description="add (report, finding statement) pairs "
+                                     "with opposite-polarity hard negatives (text.statements)")
     simcse_steps: int = Field(0, ge=0, description="optional unsupervised SimCSE steps (dropout views)")
     gradient_checkpointing: bool = False
     distill_weight: float = Field(0.0, ge=0, description="weight of the KL divergence between the "

@@ -84,7 +84,23 @@ def training_texts(paths: ProjectPaths) -> tuple[list[str], list[tuple[str, str]
 
 
 def training_data(params: Params, paths: ProjectPaths, progress: bool = True) -> TrainingData:
-    """What stage one and two train on, from the catalog or from the IU CSV (corpus.source)."""
+    """What stage one and two train on, from the catalog or from the IU CSV (corpus.source),
+    plus finding-statement pairs from the same reports when contrastive.finding_statements."""
+    data = _report_pairs(params, paths, progress)
+    if params.text_encoder.contrastive.finding_statements and data.texts:
+        from cxr_assets.text.statements import finding_statement_pairs
+
+        pairs, negatives, tasks = finding_statement_pairs(data.texts, params.project.seed)
+        n_before = len(data.pairs)
+        data.pairs = data.pairs + pairs
+        if data.hard_negatives is not None:
+            data.hard_negatives = data.hard_negatives + negatives
+        data.tasks = (data.tasks or ["report_pair"] * n_before) + tasks
+        data.source += f" + {len(pairs)} finding statements"
+    return data
+
+
+def _report_pairs(params: Params, paths: ProjectPaths, progress: bool) -> TrainingData:
     te = params.text_encoder
     if te.corpus.source == "iu_csv":
         from cxr_assets.reports.variants import build_variants

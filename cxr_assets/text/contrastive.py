@@ -14,6 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from cxr_assets.config import ContrastiveParams
+from cxr_assets.text.statements import TASK as FINDING_STATEMENT_TASK
+
+# Tasks scored only against their own hard negative (see own_pair_mask).
+PAIR_ONLY_TASKS = (FINDING_STATEMENT_TASK,)
 
 
 def _check_pairs(pairs: list[tuple[str, str]], hard_negatives: list[str] | None) -> None:
@@ -102,6 +106,25 @@ def same_text_mask(n_queries: int, candidates: list[str]) -> Any:
                          for i in range(n_queries)])
 
 
+def own_pair_mask(has_negative: list[bool]) -> Any:
+    """[B, C] True everywhere but at query i's own positive and own hard negative (if any).
+
+    For tasks whose in-batch candidates are mostly true for every query (short finding
+    statements: "No pneumothorax." fits most normal reports), the softmax is over the pair only.
+    """
+    import torch
+
+    n = len(has_negative)
+    mask = torch.ones(n, n + sum(has_negative), dtype=torch.bool)
+    column = n
+    for i, has in enumerate(has_negative):
+        mask[i, i] = False
+        if has:
+            mask[i, column] = False
+            column += 1
+    return mask
+
+
 def contrastive_steps(
     embed: Callable[[list[str], bool], Any],
     trainable: list[Any],
@@ -164,7 +187,10 @@ def contrastive_steps(
         if hard_negatives is not None:
             candidates += [hard_negatives[i] for i in index if hard_negatives[i]]
         q, c = embed(queries, True), embed(candidates, False)
-        same = same_text_mask(len(index), candidates)
+        if tasks is not None and tasks[index[0]] in PAIR_ONLY_TASKS:
+            same = own_pair_mask([bool(hard_negatives and hard_negatives[i]) for i in index])
+        else:
+            same = same_text_mask(len(index), candidates)
         loss = contrastive_loss(q, c, params.loss_scale, same, symmetric=params.symmetric)
         if params.distill_weight > 0:
             with torch.no_grad():

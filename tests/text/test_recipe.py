@@ -203,3 +203,39 @@ def test_online_clip_tower_embeds_as_encode_does(tiny_dir: Path, reports, tmp_pa
     assert np.allclose(online, encoder.encode(reports[:3], progress=False), atol=1e-4)
     merged = tower.merged_encoder()
     assert not merged.bidirectional and merged.postprocess is encoder.postprocess
+
+
+def test_finding_statements_follow_the_labeler_and_differ_from_the_zero_shot_prompts() -> None:
+    from cxr_assets.text.statements import finding_statement_pairs
+
+    reports = ["Large right pleural effusion. No pneumothorax.", "Heart size normal.",
+               "Possible pneumonia.", "Comparison: none."]
+    pairs, negatives, tasks = finding_statement_pairs(reports, seed=0)
+    # Report 0: effusion asserted, pneumothorax denied; report 1: cardiomegaly denied; report 2's
+    # only mention is uncertain and report 3 mentions nothing: no pair.
+    assert [p[0] for p in pairs] == [reports[0], reports[0], reports[1]]
+    assert tasks == ["finding_statement"] * 3
+    assert "cardiomegaly" in pairs[2][1].lower() and "cardiomegaly" in negatives[2].lower()
+    by_finding = {("effusion" in p[1].lower()): (p[1], n) for p, n in zip(pairs[:2], negatives)}
+    effusion, negated_effusion = by_finding[True]
+    pneumothorax, asserted_pneumothorax = by_finding[False]
+    assert "pleural effusion" in effusion.lower() and not effusion.lower().startswith("no")
+    assert negated_effusion.lower().startswith(("no ", "negative")) or "not" in negated_effusion \
+        or "absent" in negated_effusion
+    assert any(w in pneumothorax.lower() for w in ("no ", "not", "absent", "negative"))
+    assert not any(w in asserted_pneumothorax.lower() for w in ("no ", "not", "absent", "negative"))
+    for text in [p[1] for p in pairs] + negatives:
+        assert not text.startswith("There is")  # the zero-shot prompts are never trained on
+    assert finding_statement_pairs(reports, seed=0) == (pairs, negatives, tasks)
+
+
+def test_own_pair_mask_leaves_only_the_positive_and_its_hard_negative() -> None:
+    from cxr_assets.text.contrastive import own_pair_mask
+
+    mask = own_pair_mask([True, False, True])
+    # candidates: 3 positives, then the hard negatives of queries 0 and 2
+    assert (~mask).nonzero().tolist() == [[0, 0], [0, 3], [1, 1], [2, 2], [2, 4]]
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    c = torch.cat([q, torch.tensor([[-1.0, 0.0], [-1.0, -1.0]])])
+    # Each query's positive is itself, its hard negative opposite: loss ~ 0 for any in-batch rest.
+    assert contrastive_loss(q, c, 20.0, mask, symmetric=True).item() < 1e-6

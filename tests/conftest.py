@@ -26,3 +26,9 @@ def tiny_project(tmp_path, tiny_llm) -> Path:
     """An empty project root holding a tiny params.yaml."""
     write_params(tmp_path, tiny_params(tmp_path, tiny_llm))
     return tmp_path
+
+
+def pytest_configure(config) -> None:
+    from tests.skip_policy import SkipPolicy, ci_enabled, load_allowlist
+
+    config.pluginmanager.register(SkipPolicy(ci_enabled(), load_allowlist()), "cxr-skip-policy")

@@ -171,7 +171,11 @@ def browser():
     with sync_api.sync_playwright() as pw:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM),
                                       args=["--no-sandbox", "--headless=new",
-                                            "--disable-dev-shm-usage", "--disable-gpu"])
+                                            "--disable-dev-shm-usage", "--disable-gpu",
+                                            # no calls home: this machine's network is closed
+                                            "--disable-background-networking", "--no-first-run",
+                                            "--disable-component-update", "--disable-sync",
+                                            "--disable-quic"])
         try:
             yield chromium
         finally:

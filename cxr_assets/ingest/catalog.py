@@ -32,6 +32,7 @@ from pathlib import Path
 import polars as pl
 from tqdm.auto import tqdm
 
+from cxr_assets.failpoints import failpoint
 from cxr_assets.hashing import file_sha256
 from cxr_assets.ingest.dicom import DicomError, DicomHeader
 from cxr_assets.ingest.listing import ImageRef, LayoutListing, ReportRef, StudyFiles
@@ -898,6 +899,7 @@ def write_duckdb_tables(db_path: Path, tables: dict[str, pl.DataFrame | Path]) -
                 del df
             else:
                 con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM read_parquet({_sql_string(table)})')
+            failpoint("catalog.inside_duckdb_transaction")
         con.commit()
     except Exception:
         con.rollback()
@@ -968,12 +970,12 @@ def write_catalog(result: IngestResult, catalog_dir: Path) -> dict[str, Path]:
         for name in tables:  # temporaries left by a writer that was killed (we hold the lock)
             for stale in catalog_dir.glob(f".{name}.parquet.*.tmp"):
                 stale.unlink(missing_ok=True)
-        paths = {
-            name: (copy_file_atomic(table.sorted_path, catalog_dir / f"{name}.parquet")
-                   if isinstance(table, _SpooledTable)
-                   else write_parquet_atomic(table, catalog_dir / f"{name}.parquet"))
-            for name, table in tables.items()
-        }
+        paths = {}
+        for name, table in tables.items():
+            paths[name] = (copy_file_atomic(table.sorted_path, catalog_dir / f"{name}.parquet")
+                           if isinstance(table, _SpooledTable)
+                           else write_parquet_atomic(table, catalog_dir / f"{name}.parquet"))
+            failpoint("catalog.between_parquet_tables")
         # DuckDB loads the Parquet files just written (under the same lock, so they are ours).
         paths["duckdb"] = write_duckdb_tables(catalog_dir / "catalog.duckdb",
                                               {name: paths[name] for name in tables})

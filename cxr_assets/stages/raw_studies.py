@@ -27,6 +27,7 @@ def drop_dir(params: Params, paths: ProjectPaths):
 
 
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
+    from cxr_assets.failpoints import failpoint
     from cxr_assets.ingest.catalog import accounting, ingest_sources, write_catalog, write_state
 
     if not paths.raw_dir.is_dir():
@@ -38,6 +39,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
                             previous_catalog=paths.catalog_dir, progress=progress)
     written = write_catalog(result, paths.catalog_dir)
     write_state(paths.catalog_dir, params.ingest)
+    failpoint("raw_studies.before_checks")
     books = accounting(result)
 
     reasons = (

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -51,12 +52,16 @@ def _driver(*args: str, cwd: Path, **popen) -> subprocess.Popen:
     return subprocess.Popen(_driver_command(*args), cwd=cwd, env=_env(), **popen)
 
 
-def _start_stage(project: Path, tag: str) -> subprocess.Popen:
+def _start_stage(project: Path, tag: str, failpoint: str | None = None) -> subprocess.Popen:
+    """raw_studies in a subprocess; with `failpoint`, it holds there (cxr_assets.failpoints) and
+    writes project/<tag>.held, so a kill lands exactly at that point."""
     out = open(project / f"{tag}.out", "w")  # noqa: SIM115 - closed below, the child keeps its copy
     err = open(project / f"{tag}.err", "w")  # noqa: SIM115
+    hold = {"CXR_FAILPOINT": failpoint, "CXR_FAILPOINT_MARKER": str(project / f"{tag}.held")} \
+        if failpoint else {}
     try:
         return subprocess.Popen([*_cxr(), "--no-progress", "stage", "raw_studies"], cwd=project,
-                                env=_env(), stdout=out, stderr=err)
+                                env=_env(**hold), stdout=out, stderr=err)
     finally:
         out.close()
         err.close()
@@ -200,12 +205,18 @@ def test_sigkill_during_ingestion_leaves_a_readable_catalog_and_rerun_completes(
     assert kills["mid_scan"], f"raw_studies finished before the kill: {(project / 'a.err').read_text()[-2000:]}"
     assert _catalog_snapshot(catalog) == {}, "a table became visible before the scan ended"
 
-    # b) after writing, during the data-contract checks: the catalog is complete.
-    proc = _start_stage(project, "b")
-    kills["during_checks"] = _kill_when(proc, lambda: (catalog / "ingest_state.json").exists())
+    def held(tag: str) -> Callable[[], bool]:
+        return (project / f"{tag}.held").exists
+
+    def why(tag: str) -> str:
+        return f"raw_studies ({tag}) ended before its failpoint: {(project / f'{tag}.err').read_text()[-2000:]}"
+
+    # b) after writing, before the data-contract checks: the catalog is complete.
+    proc = _start_stage(project, "b", "raw_studies.before_checks")
+    kills["during_checks"] = _kill_when(proc, held("b"))
+    assert kills["during_checks"], why("b")
     first = _catalog_snapshot(catalog)
-    if kills["during_checks"]:
-        assert set(first) == set(CATALOG_TABLES) | {f"duckdb.{n}" for n in CATALOG_TABLES}
+    assert set(first) == set(CATALOG_TABLES) | {f"duckdb.{n}" for n in CATALOG_TABLES}
 
     # The tree changes (an unreadable image, a report without images): the next catalog differs.
     some_study = next(p for p in sorted((raw / "files").glob("p*/p*/s*")) if p.is_dir())
@@ -214,21 +225,23 @@ def test_sigkill_during_ingestion_leaves_a_readable_catalog_and_rerun_completes(
     orphan = some_study.parent / "s59999999.txt"
     orphan.write_text("IMPRESSION: No acute process.\n")
 
-    # c) mid-Parquet: killed at the first change in the catalog folder.
-    before = _listing(catalog)
-    changed = lambda: _listing(catalog) != before
-    proc = _start_stage(project, "c")
-    kills["mid_parquet"] = _kill_when(proc, changed)
-    mid = _catalog_snapshot(catalog)  # every visible file is a whole (old or new) table
+    # c) mid-Parquet: killed after the first table's file was replaced, before the others.
+    before = {k: v for k, v in _listing(catalog).items() if k.endswith(".parquet")}
+    proc = _start_stage(project, "c", "catalog.between_parquet_tables")
+    kills["mid_parquet"] = _kill_when(proc, held("c"))
+    assert kills["mid_parquet"], why("c")
+    _catalog_snapshot(catalog)  # every visible file is a whole (old or new) table
+    replaced = [k for k, v in _listing(catalog).items() if k in before and before[k] != v]
+    assert len(replaced) == 1, f"expected exactly the first table replaced, got {replaced}"
     debris = sorted(p.name for p in catalog.glob(".*.tmp"))  # the killed writer's temporaries
 
-    # d) mid-DuckDB: killed when its write-ahead log appears (the commit of the new tables).
-    wal = catalog / "catalog.duckdb.wal"
-    proc = _start_stage(project, "d")
-    kills["mid_duckdb"] = _kill_when(proc, wal.exists)
+    # d) mid-DuckDB: killed inside the transaction that replaces the tables, before its commit.
+    proc = _start_stage(project, "d", "catalog.inside_duckdb_transaction")
+    kills["mid_duckdb"] = _kill_when(proc, held("d"))
+    assert kills["mid_duckdb"], why("d")
     after_d = _catalog_snapshot(catalog)
-    for name in CATALOG_TABLES:  # DuckDB holds the old or the new table, whole
-        assert after_d[f"duckdb.{name}"] in {first.get(f"duckdb.{name}"), after_d[name], mid.get(name)}
+    for name in CATALOG_TABLES:  # the uncommitted transaction is gone: DuckDB holds the old tables
+        assert after_d[f"duckdb.{name}"] == first[f"duckdb.{name}"], name
 
     # e) the rerun completes and the catalog is exactly right.
     proc = _start_stage(project, "e")

@@ -249,3 +249,59 @@ def test_planted_phi_never_leaves_ingestion(tmp_path, tiny_llm, capfd, caplog, r
     assert not leaks(caplog.text)
     assert not leaks("\n".join(str(r.msg) + str(r.args) for r in caplog.records))
     assert not leaks("\n".join(str(w.message) for w in recwarn))
+
+
+def test_each_search_catches_a_canary_planted_in_its_decoded_output(tmp_path, tiny_llm):
+    """Negative control for the searches above: a canary planted where only decoding shows it
+    (a compressed Parquet column, a DuckDB table, Dagster metadata, an MLflow param) is found."""
+    import duckdb
+    import mlflow
+    from dagster import MaterializeResult, asset, serialize_value
+
+    from cxr_assets.config import load_params
+    from cxr_assets.paths import ProjectPaths
+    from cxr_assets.registry.tracking import tracking_uri
+
+    canary = "Dictated by Dr. Zyxwvut Canary"
+    # Parquet: gzip pages (Huffman-coded), no min/max statistics: a byte search misses the text,
+    # the decoded table shows it.
+    table = tmp_path / "leak.parquet"
+    pl.DataFrame({"report": [canary * 20] * 200}).write_parquet(table, compression="gzip",
+                                                                  statistics=False)
+    pieces = dict(_file_text(table))
+    assert not leaks(pieces[str(table)]), "control not hidden: the bytes already show the canary"
+    assert leaks(pieces[f"{table} (table)"])
+
+    # DuckDB: a table row (DuckDB compresses its blocks as well).
+    db = tmp_path / "leak.duckdb"
+    con = duckdb.connect(str(db))
+    con.execute("CREATE TABLE reports AS SELECT ? AS report FROM range(500)", [canary])
+    con.close()
+    assert leaks(dict(_file_text(db))[f"{db} (tables)"])
+    found, searched = scan_tree(tmp_path)
+    assert {f"{table} (table)", f"{db} (tables)"} <= set(found) and str(db) in searched
+
+    # Dagster: materialization metadata, read back from the instance's event log.
+    @asset
+    def leaky_asset():  # no return annotation: this module's annotations are strings
+        return MaterializeResult(metadata={"note": canary})
+
+    instance = DagsterInstance.ephemeral()
+    result = materialize([leaky_asset], instance=instance)
+    assert any(leaks(serialize_value(entry)) for entry in instance.all_logs(result.run_id))
+
+    # MLflow: a run param in the project's own store, found by the same _mlflow_text.
+    root = tmp_path / "project"
+    write_params(root, tiny_params(root, tiny_llm))
+    params = load_params(root / "params.yaml")
+    paths = ProjectPaths.from_params(params, root)
+    mlflow.set_tracking_uri(tracking_uri(params, paths))
+    try:
+        experiment = mlflow.set_experiment("phi-control")
+        with mlflow.start_run(experiment_id=experiment.experiment_id):
+            mlflow.log_param("note", canary)
+            mlflow.set_tag("a", "b")
+            mlflow.log_metric("m", 1.0)
+        assert leaks(_mlflow_text(params, paths))
+    finally:
+        mlflow.set_tracking_uri(None)

@@ -94,7 +94,28 @@ def agreement() -> dict:
         }
     agree = sum(v["agree"] for v in table.values())
     n = sum(v["n"] for v in table.values())
-    return {"n_reports": reference.height, "per_observation": table, "overall": round(agree / n, 4)}
+    cells = mentioned_cell_agreement(reference, ours)
+    return {"n_reports": reference.height, "per_observation": table, "overall": round(agree / n, 4),
+            **cells}
+
+
+def mentioned_cell_agreement(reference, ours) -> dict:
+    """Agreement counted apart on cells the reference labels (1 / 0 / -1) and on its blanks:
+    blanks dominate any report x observation grid, so one overall share flatters a labeler."""
+    from cxr_assets.reports.labeler import CHEXPERT_OBSERVATIONS
+
+    mentioned = blank = mentioned_agree = blank_agree = 0
+    for observation in CHEXPERT_OBSERVATIONS:
+        got = ours[observation].to_list()
+        for expected, value in zip(reference[observation].cast(float).to_list(), got):
+            if expected is None:
+                blank += 1
+                blank_agree += value is None
+            else:
+                mentioned += 1
+                mentioned_agree += value == expected
+    return {"mentioned_cells": mentioned, "mentioned_agree": mentioned_agree,
+            "blank_cells": blank, "blank_agree": blank_agree}
 
 
 def main() -> None:
@@ -120,7 +141,8 @@ def main() -> None:
         print(f"{'observation':<28}{'agree/n':>9}{'mentioned':>11}")
         for name, v in a["per_observation"].items():
             print(f"{name:<28}{v['agree']:>5}/{v['n']:<3}{v['mentioned_in_reference']:>11}")
-        print(f"overall cell agreement: {a['overall']:.3f}")
+        print(f"overall cell agreement: {a['overall']:.3f} (mentioned cells "
+              f"{a['mentioned_agree']}/{a['mentioned_cells']}, blanks {a['blank_agree']}/{a['blank_cells']})")
     out = HERE / "results" / "reports.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -67,7 +67,26 @@ def test_positive_wins_over_negative_and_uncertain():
 
 @pytest.mark.skipif(not LABELED.is_file(), reason="shared rules data not available")
 def test_agrees_with_chexpert_expected_output():
+    from benchmarks.bench_reports import mentioned_cell_agreement
+
     reference = pl.read_csv(LABELED)
     ours = label_reports(reference["Reports"].to_list())
     for observation in CHEXPERT_OBSERVATIONS:
         assert ours[observation].to_list() == reference[observation].cast(pl.Float64).to_list(), observation
+    # Counted apart: the labelled cells (each polarity present) and the blanks.
+    cells = mentioned_cell_agreement(reference, ours)
+    assert cells["mentioned_agree"] == cells["mentioned_cells"] >= 10
+    assert cells["blank_agree"] == cells["blank_cells"]
+    values = {v for o in CHEXPERT_OBSERVATIONS for v in reference[o].to_list() if v is not None}
+    assert {1, 0, -1} <= values, "the reference should exercise positive, negative and uncertain"
+
+
+def test_mentioned_cell_agreement_is_not_flattered_by_blanks():
+    from benchmarks.bench_reports import mentioned_cell_agreement
+
+    reference = pl.DataFrame({o: [None, None, None, 1.0] if o == "Edema" else [None] * 4
+                              for o in CHEXPERT_OBSERVATIONS})
+    ours = reference.with_columns(pl.lit(None, dtype=pl.Float64).alias("Edema"))
+    cells = mentioned_cell_agreement(reference, ours)
+    assert (cells["mentioned_agree"], cells["mentioned_cells"]) == (0, 1)
+    assert cells["blank_agree"] == cells["blank_cells"] == 4 * len(CHEXPERT_OBSERVATIONS) - 1

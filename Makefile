@@ -9,7 +9,7 @@ export DAGSTER_MODULE_NAME := dags_defs.definitions
 export HF_HUB_OFFLINE := 1
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test test-fast ui mlflow-ui reevaluate bench lint clean-outputs
+.PHONY: setup run test test-fast gpu-check ui mlflow-ui reevaluate bench lint clean-outputs
 
 setup: $(STAMP) $(DAGSTER_HOME)/dagster.yaml
 
@@ -61,6 +61,11 @@ reevaluate: setup
 bench: setup
 	$(VENV)/bin/pip install -q -e '.[bench]'
 	python benchmarks/run.py
+
+# On a CUDA machine: the GPU-marked tests plus GPU throughput and memory (benchmarks/gpu_check.py);
+# elsewhere it says there is no GPU and exits 0.
+gpu-check: setup
+	python benchmarks/gpu_check.py
 
 lint: setup
 	ruff check cxr_assets dags_defs tests benchmarks

@@ -58,7 +58,6 @@ from cxr_assets.vision.transforms import load_cached_image, train_augment
 
 _log = logging.getLogger(__name__)
 
-GRAD_CLIP_NORM = 1.0  # default of clip.grad_clip_norm, kept for importers
 LogFn = Callable[[int, dict], None]
 __all__ = ["CachedPairDataset", "ClipTrainResult", "clip_loss", "train_clip"]
 

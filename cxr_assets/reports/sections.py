@@ -148,10 +148,6 @@ def split_sections(text: str) -> dict[str, str | None]:
     return {section: _join(parts[section]) for section in SECTIONS}
 
 
-def normalize_whitespace(text: str) -> str:
-    return " ".join(text.split())
-
-
 def training_text(sections: dict[str, str | None]) -> str | None:
     """FINDINGS + IMPRESSION, normalised: what the text encoder sees.
 

@@ -309,11 +309,9 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     data = training_data(params, paths, progress)
     if not data.texts:
         raise ValueError("text_encoder: the training split has no report text to adapt on")
-    losses: list[tuple[str, int, float]] = []
     result = adapt_text_encoder(
         data.texts, data.pairs, te, paths.base_model_cache, paths.text_encoder_dir,
         seed=params.project.seed, progress=progress,
-        log_fn=lambda stage, step, loss: losses.append((stage, step, loss)),
         hard_negatives=data.hard_negatives, tasks=data.tasks,
         checkpoint_dir=paths.artifacts_dir / "text_encoder_checkpoints",
         release_dir=paths.at(te.release_to) if te.release_to else None,

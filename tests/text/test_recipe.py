@@ -187,6 +187,22 @@ def test_causal_switch_and_reload_keep_the_attention_kind(tiny_dir: Path, report
     assert is_bidirectional(bidir.model, bidir.tokenizer)
     raw = TextEncoder.from_base(tiny_dir, bidirectional=False)
     assert not is_bidirectional(raw.model, raw.tokenizer)
+    # An adapted bidirectional encoder is bidirectional again after from_pretrained, and so is the
+    # online LoRA CLIP tower built on it (and the encoder it merges back into).
+    from cxr_assets.clip.text_tower import OnlineTextTower
+    from cxr_assets.config import ClipTextLoraParams
+
+    adapted = adapt_text_encoder(reports, [(r, r.lower()) for r in reports],
+                                 _params(tiny_dir, bidirectional=True, mntp={"steps": 0}),
+                                 tmp_path / "cache", tmp_path / "bidir", seed=1, progress=False)
+    reloaded = TextEncoder.from_pretrained(adapted.encoder_dir)
+    assert reloaded.bidirectional and is_bidirectional(reloaded.model, reloaded.tokenizer)
+    tower = OnlineTextTower.from_folder(adapted.encoder_dir, ClipTextLoraParams(r=4))
+    assert is_bidirectional(tower.body, reloaded.tokenizer)
+    merged = tower.merged_encoder()
+    assert merged.bidirectional and is_bidirectional(merged.model, merged.tokenizer)
+    causal_tower = OnlineTextTower.from_folder(causal.encoder_dir, ClipTextLoraParams(r=4))
+    assert not is_bidirectional(causal_tower.body, loaded.tokenizer)
 
 
 def test_online_clip_tower_embeds_as_encode_does(tiny_dir: Path, reports, tmp_path: Path) -> None:

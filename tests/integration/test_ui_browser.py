@@ -183,10 +183,10 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def ui_project(tmp_path_factory) -> Path:
-    """A copy of the checkout with tiny params (only demo_data runs: the LLM path is unused)."""
+def ui_project(tmp_path_factory, tiny_llm) -> Path:
+    """A copy of the checkout with tiny params (the tiny LLM: the MLflow test runs the chain)."""
     root = copy_checkout(tmp_path_factory.mktemp("ui-project"))
-    write_params(root, tiny_params(root, root / "unused-llm"))
+    write_params(root, tiny_params(root, tiny_llm))
     return root
 
 
@@ -402,23 +402,27 @@ def test_mlflow_ui_lists_the_model_and_its_aliases(browser, servers, ui_project,
     registry = yaml.safe_load((ui_project / "params.yaml").read_text())["registry"]
     name = registry["model_name"]
 
-    # Two versions of a (placeholder) model, registered through the server like the pipeline's
-    # clip_model stage would: challenger = the newest, champion = the one before.
+    # The pipeline registers the model itself: the tiny chain up to champion_model writes to the
+    # project's store, the one this server serves (model_comparison is not needed for that).
+    from cxr_assets.config import load_params
+    from cxr_assets.paths import ProjectPaths
+    from cxr_assets.stages import STAGE_NAMES, stage_module
+
+    params = load_params(ui_project / "params.yaml")
+    paths = ProjectPaths.from_params(params, ui_project)
+    for stage in STAGE_NAMES:
+        if stage != "model_comparison":
+            result = stage_module(stage).run(params, paths, progress=False)
+            assert not result.blocking_failures, (stage, result.blocking_failures)
     client = MlflowClient(tracking_uri=mlflow_server.url, registry_uri=mlflow_server.url)
-    experiment = client.create_experiment(registry["experiment"])
-    client.create_registered_model(name, description=f"registered by {Path(__file__).name}")
-    staging = ui_project / "staging-model"
-    (staging / "model").mkdir(parents=True)
-    (staging / "model" / "MLmodel").write_text("flavors: {}\n")
-    versions = {}
-    for alias in ("champion", "challenger"):
-        run = client.create_run(experiment, run_name=f"ui-test-{alias}")
-        client.log_artifacts(run.info.run_id, str(staging / "model"), "model")
-        client.set_terminated(run.info.run_id)
-        version = client.create_model_version(name, source=f"{run.info.artifact_uri}/model",
-                                              run_id=run.info.run_id)
-        client.set_registered_model_alias(name, alias, version.version)
-        versions[alias] = version.version
+    registered = client.get_registered_model(name)
+    versions = {alias: str(version) for alias, version in registered.aliases.items()}
+    assert "champion" in versions, f"the pipeline set no champion alias: {registered.aliases}"
+    champion = client.get_model_version(name, versions["champion"])
+    run = client.get_run(champion.run_id)  # the clip_model run that logged and registered it
+    assert run.info.run_name == "clip_model" and "clip.epochs" in run.data.params, run.info
+    recorded = json.loads((paths.clip_model_dir / "registry.json").read_text())
+    assert (recorded["version"], recorded["run_id"]) == (champion.version, champion.run_id)
 
     context = browser.new_context(viewport={"width": 1600, "height": 1000})
     context.add_init_script(MLFLOW_INIT_SCRIPT)
@@ -439,12 +443,21 @@ def test_mlflow_ui_lists_the_model_and_its_aliases(browser, servers, ui_project,
         link.click()
         try:
             page.wait_for_url(re.compile(rf"/models/{re.escape(name)}$"))
-            for alias, version in versions.items():
-                row = page.get_by_role("row").filter(has_text=f"Version {version}")
-                row.get_by_text(re.compile(rf"@\s*{alias}$")).wait_for(state="visible")
+            row = page.get_by_role("row").filter(has_text=f"Version {champion.version}")
+            row.get_by_text(re.compile(r"@\s*champion")).first.wait_for(state="visible")
         except Exception as err:  # noqa: BLE001
             _fail(page, artifacts, "mlflow_models",
-                  f"model page does not show aliases {versions}: {err}", mlflow_server)
+                  f"model page does not show version {champion.version} @ champion: {err}",
+                  mlflow_server)
         page.screenshot(path=str(artifacts / "mlflow_models.png"), full_page=True)
+        # The version's page links the run that registered it.
+        page.goto(f"{mlflow_server.url}/#/models/{name}/versions/{champion.version}")
+        try:
+            page.get_by_role("link", name="clip_model").first.wait_for(state="visible")
+        except Exception as err:  # noqa: BLE001
+            _fail(page, artifacts, "mlflow_version",
+                  f"version {champion.version}'s page does not link its run clip_model: {err}",
+                  mlflow_server)
+        page.screenshot(path=str(artifacts / "mlflow_version.png"), full_page=True)
     finally:
         context.close()

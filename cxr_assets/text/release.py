@@ -221,6 +221,8 @@ def write_model_card(folder: Path, params: Any, result: Any, data_source: str,
         "(report variants: abbreviated -> report, findings -> impression, report -> impression, "
         "style rewrites, sentence shuffles, expansions; hard negatives: negation flip, "
         "laterality swap, finding swap)"),
+        (f"- started from: `{te.init_from}` (its adapters merged first, then a fresh LoRA)"
+         if te.init_from else "- started from: the base model"),
         (f"- attention: {'bidirectional' if te.bidirectional else 'causal'}; pooling: {te.pooling}; "
         f"max_length {te.max_length}"),
         f"- LoRA r{te.lora.r} alpha {te.lora.alpha} on {', '.join(te.lora.target_modules)}"

@@ -26,8 +26,13 @@ def test_iu_profile_differs_from_params_only_in_text_encoder() -> None:
 def test_release_profile_differs_only_in_paths_and_text_encoder() -> None:
     release = load_params(REPO / "params.release.yaml")
     base = load_params(REPO / "params.yaml")
-    assert release.text_encoder.init_from is None and release.text_encoder.release_to
+    assert release.text_encoder.release_to
     assert base.text_encoder.init_from == release.text_encoder.release_to
+    # A release trained on top of an earlier one names a committed release folder, never itself.
+    start = release.text_encoder.init_from
+    if start is not None:
+        assert start != release.text_encoder.release_to
+        assert (REPO / start / "encoder_config.json").is_file(), start
     assert release.paths.artifacts_dir != base.paths.artifacts_dir  # the demo's artifacts stay
     raw = yaml.safe_load((REPO / "params.release.yaml").read_text())
     base_raw = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -90,11 +90,15 @@ def training_data(params: Params, paths: ProjectPaths, progress: bool = True) ->
     if params.text_encoder.contrastive.finding_statements and data.texts:
         from cxr_assets.text.statements import finding_statement_pairs
 
+        if data.hard_negatives is None:
+            # A statement pair is scored against its opposite polarity only: without hard
+            # negatives (contrastive.hard_negatives false) it would teach nothing.
+            log.warning("finding_statements needs contrastive.hard_negatives: not added")
+            return data
         pairs, negatives, tasks = finding_statement_pairs(data.texts, params.project.seed)
         n_before = len(data.pairs)
         data.pairs = data.pairs + pairs
-        if data.hard_negatives is not None:
-            data.hard_negatives = data.hard_negatives + negatives
+        data.hard_negatives = data.hard_negatives + negatives
         data.tasks = (data.tasks or ["report_pair"] * n_before) + tasks
         data.source += f" + {len(pairs)} finding statements"
     return data

@@ -203,7 +203,8 @@ _UNCERTAIN_NEGATED_POST = (
     r"(?:excluded|ruled\s+out)"),
     r"(?:is|are)?\s*not\s+(?:well\s+)?(?:assessed|evaluated|excluded)",
 )
-_NEGATION_PRE = (
+# The project's one list of negation cues (the report profile counts the same ones).
+NEGATION_CUES = (
     r"no",
     r"not",
     r"without",
@@ -311,7 +312,7 @@ _MENTION_RE = re.compile(
 )
 _UNC_NEG_PRE_RE = re.compile(rf"\b(?:{_alt(_UNCERTAIN_NEGATED_PRE)})\b", re.IGNORECASE)
 _UNC_NEG_POST_RE = re.compile(rf"^\W*(?:\w+\s+){{0,2}}?(?:{_alt(_UNCERTAIN_NEGATED_POST)})\b", re.IGNORECASE)
-_NEG_PRE_RE = re.compile(rf"\b(?:{_alt(_NEGATION_PRE)})\b", re.IGNORECASE)
+_NEG_PRE_RE = re.compile(rf"\b(?:{_alt(NEGATION_CUES)})\b", re.IGNORECASE)
 _NEG_POST_RE = re.compile(
     rf"^[\s,]*(?:(?:\w+|\(\w+\))\s+){{0,3}}?(?:{_alt(_NEGATION_POST)})(?!\w)", re.IGNORECASE
 )

@@ -18,6 +18,7 @@ import polars as pl
 # shorthands match any case. The two tuples are kept for callers that list them.
 from cxr_assets.reports.abbreviations import LEXICON as _LEXICON
 from cxr_assets.reports.abbreviations import count_abbreviations
+from cxr_assets.reports.labeler import NEGATION_CUES  # one list: the labeler's
 
 ABBREVIATIONS_CASE_SENSITIVE = tuple(e.short for e in _LEXICON if e.case_sensitive and len(e.short) > 1)
 ABBREVIATIONS_ANY_CASE = tuple(e.short for e in _LEXICON if not e.case_sensitive)
@@ -41,19 +42,6 @@ HEDGING = (
     r"vs\.?",
     r"borderline",
     r"presumabl[ey]",
-)
-NEGATION = (
-    r"no",
-    r"not",
-    r"without",
-    r"negative\s+for",
-    r"free\s+of",
-    r"clear\s+of",
-    r"absence\s+of",
-    r"absent",
-    r"resolved",
-    r"ruled\s+out",
-    r"none",
 )
 COMPARISON = (
     r"compared\s+(?:to|with)",
@@ -88,7 +76,7 @@ def _words(patterns: tuple[str, ...]) -> str:
 
 
 _HEDGING = re.compile(rf"\b(?:{_words(HEDGING)})(?!\w)", re.IGNORECASE)
-_NEGATION = re.compile(rf"\b(?:{_words(NEGATION)})\b", re.IGNORECASE)
+_NEGATION = re.compile(rf"\b(?:{_words(NEGATION_CUES)})\b", re.IGNORECASE)
 _COMPARISON = re.compile(rf"\b(?:{_words(COMPARISON)})\b", re.IGNORECASE)
 _NORMAL = re.compile(rf"\b(?:{_words(NORMAL_TEMPLATES)})\b", re.IGNORECASE)
 _NUMBERED = re.compile(r"(?:^|\s)1[.)]\s+\S.*?(?:^|\s)2[.)]\s+\S", re.DOTALL)

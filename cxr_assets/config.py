@@ -181,6 +181,10 @@ class ContrastiveParams(_Section):
     hard_negatives: bool = Field(True, description="use report_variants hard negatives when present")
     finding_statements: bool = Field(False, description="add (report, finding statement) pairs "
                                      "with opposite-polarity hard negatives (text.statements)")
+    statement_scoring: Literal["pair_only", "label_aware"] = Field(
+        "pair_only", description="finding statements against their own hard negative only "
+        "(pair_only), or also against the batch's other reports where the labeler rules them out "
+        "(label_aware)")
     simcse_steps: int = Field(0, ge=0, description="optional unsupervised SimCSE steps (dropout views)")
     gradient_checkpointing: bool = False
     distill_weight: float = Field(0.0, ge=0, description="weight of the KL divergence between the "

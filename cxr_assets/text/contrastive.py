@@ -15,9 +15,7 @@ from typing import Any
 
 from cxr_assets.config import ContrastiveParams
 from cxr_assets.text.statements import TASK as FINDING_STATEMENT_TASK
-
-# Tasks scored only against their own hard negative (see own_pair_mask).
-PAIR_ONLY_TASKS = (FINDING_STATEMENT_TASK,)
+from cxr_assets.text.statements import label_aware_mask
 
 
 def _check_pairs(pairs: list[tuple[str, str]], hard_negatives: list[str] | None) -> None:
@@ -187,8 +185,10 @@ def contrastive_steps(
         if hard_negatives is not None:
             candidates += [hard_negatives[i] for i in index if hard_negatives[i]]
         q, c = embed(queries, True), embed(candidates, False)
-        if tasks is not None and tasks[index[0]] in PAIR_ONLY_TASKS:
-            same = own_pair_mask([bool(hard_negatives and hard_negatives[i]) for i in index])
+        if tasks is not None and tasks[index[0]] == FINDING_STATEMENT_TASK:
+            same = (own_pair_mask([bool(hard_negatives and hard_negatives[i]) for i in index])
+                    if params.statement_scoring == "pair_only"
+                    else label_aware_mask(queries, candidates))
         else:
             same = same_text_mask(len(index), candidates)
         loss = contrastive_loss(q, c, params.loss_scale, same, symmetric=params.symmetric)

@@ -245,6 +245,31 @@ def test_finding_statements_follow_the_labeler_and_differ_from_the_zero_shot_pro
     assert finding_statement_pairs(reports, seed=0) == (pairs, negatives, tasks)
 
 
+def test_label_aware_mask_hides_only_statements_the_labeler_does_not_rule_out() -> None:
+    from cxr_assets.text.statements import label_aware_mask, parse_statement, statement
+
+    reports = ["Large right pleural effusion. No pneumothorax.",   # effusion +, pneumothorax -
+               "Heart size normal. Lungs are clear.",               # cardiomegaly -, effusion blank
+               "Moderate cardiomegaly. Possible effusion."]         # cardiomegaly +, effusion ?
+    statements = [statement("Pleural Effusion", True, 0),          # own statement of report 0
+                  statement("Cardiomegaly", False, 1),              # report 1's
+                  statement("Cardiomegaly", True, 2)]               # report 2's
+    negatives = [statement("Pleural Effusion", False, 0), statement("Cardiomegaly", True, 1),
+                 statement("Cardiomegaly", False, 2)]
+    assert parse_statement(statements[1]) == ("Cardiomegaly", False)
+    assert parse_statement("There is cardiomegaly.") is None  # the zero-shot prompt is no statement
+    mask = label_aware_mask(reports, statements + negatives).tolist()
+    # Report 0 says nothing of the heart: "No cardiomegaly." may be true of it (hidden, twice),
+    # while the assertions of cardiomegaly are ruled out (negatives it must rank below its own).
+    assert mask[0] == [False, True, False, False, False, True]
+    # Report 1 omits effusion, so "Pleural effusion." is a negative; "No pleural effusion." is not.
+    assert mask[1] == [False, False, False, True, False, True]
+    # Report 2: its uncertain effusion rules out neither polarity; it asserts cardiomegaly.
+    assert mask[2] == [True, False, False, True, True, False]
+    # The own statement (the target) is never hidden, and the own hard negative stays visible.
+    assert not any(mask[i][i] for i in range(3)) and not mask[0][3] and not mask[1][4]
+
+
 def test_own_pair_mask_leaves_only_the_positive_and_its_hard_negative() -> None:
     from cxr_assets.text.contrastive import own_pair_mask
 

@@ -24,6 +24,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402  (machine, flags, date, command of each result)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 TEXT_DIM, IMAGE, BACKBONE, MICRO = 576, 64, "resnet10t", 64
@@ -255,7 +258,8 @@ def main() -> dict:
         vs = {"skipped": "open-clip-torch not installed (pip install open-clip-torch==3.3.0)"}
         print(f"  {vs['skipped']}")
     result = {"throughput": tp, "memory": rows, "gradcache_peak_ratio": flat,
-              "plain_peak_ratio": growth, "open_clip": vs}
+              "plain_peak_ratio": growth, "open_clip": vs,
+              "provenance": provenance("python benchmarks/bench_clip.py")}
     out = HERE / "results" / "clip.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -18,11 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402  (machine, flags, date, command of each result)
 
 RESULTS = Path(__file__).parent / "results" / "search.json"
 CENTRES = 64
@@ -138,7 +142,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                     f"extrapolated as N log N from the N={largest['n']} build")
             rows.append(row)
             # Written after every size: a long run that is cut off still leaves the smaller rows.
-            out.write_text(json.dumps({"benchmark": "search", "rows": rows}, indent=2) + "\n")
+            out.write_text(json.dumps({"benchmark": "search", "rows": rows, "provenance": provenance(
+                f"python benchmarks/bench_search.py --sizes {args.sizes} --data {args.data}")},
+                indent=2) + "\n")
             print(json.dumps(row), flush=True)
     header = ("n", "exact_build_s", "hnsw_index_s", "exact_p50_ms", "exact_p95_ms", "hnsw_p50_ms",
               "hnsw_p95_ms", "p50_speedup_hnsw", f"hnsw_recall@{args.k}", "hnsw_build_s_estimated")

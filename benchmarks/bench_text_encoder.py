@@ -28,6 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from provenance import provenance  # noqa: E402  (machine, flags, date, command of each result)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 IU_CSV = ROOT.parent / "shared" / "data" / "iu_xray" / "indiana_reports.csv"
@@ -290,7 +293,8 @@ def main() -> None:
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "text_encoder.json").write_text(json.dumps(
         {"n_reports": N_REPORTS, "threads": THREADS, "batch_size": BATCH,
-         "max_length": MAX_LENGTH, "results": results, "compute_ceiling": ceiling},
+         "max_length": MAX_LENGTH, "results": results, "compute_ceiling": ceiling,
+         "provenance": provenance(f"BENCH_N_REPORTS={N_REPORTS} python benchmarks/bench_text_encoder.py")},
         indent=2) + "\n")
 
 

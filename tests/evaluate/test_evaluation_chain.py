@@ -30,8 +30,9 @@ def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, m
     write_params(tmp_path, tiny_params(tmp_path, tiny_llm, evaluation={
         "bootstrap_samples": 50, "subset_per_finding": 5, "search_hnsw_min_rows": 5,
         "alert_webhook": "http://127.0.0.1:9/unreachable",
+        # cross-site is off in the demo default (time); this chain keeps it covered
         "comparison": {"text_towers": ["adapted", "minilm", "minilm_finetuned", "raw_llm",
-                                       "tfidf"]}}))
+                                       "tfidf"], "cross_site": True}}))
     monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path))
     monkeypatch.chdir(tmp_path)
     params = load_params(tmp_path / "params.yaml")

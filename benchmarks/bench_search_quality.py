@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -128,8 +127,10 @@ def measure(root: Path) -> dict:
 def main() -> None:
     root = Path(os.environ.get("CXR_PROJECT_ROOT") or HERE.parent).resolve()
     result = measure(root)
-    result.update(machine=platform.processor() or platform.machine(),
-                  date=time.strftime("%Y-%m-%d"), command=" ".join(sys.argv))
+    sys.path.insert(0, str(HERE))
+    from provenance import provenance
+
+    result["provenance"] = provenance()
     print(f"{result['n_queries']} finding queries, precision@{K} over {result['n_studies']} studies "
           f"(mean base rate {result['mean_base_rate']:.3f}; targets: text->reports >= 0.8, "
           f"text->studies >= 2x base rate = {2 * result['mean_base_rate']:.3f})")

@@ -57,7 +57,8 @@ def _all_statements() -> dict[str, tuple[str, bool]]:
 
 
 def _rules_out(labels: dict, fact: tuple[str, bool] | None) -> bool:
-    """Whether a report with these labeler `labels` makes the statement `fact` false."""
+    """Whether a report with these labeler `labels` makes the statement `fact` false (an
+    uncertain mention rules out neither polarity)."""
     from cxr_assets.reports.labeler import NEGATIVE, POSITIVE
 
     if fact is None:
@@ -67,7 +68,6 @@ def _rules_out(labels: dict, fact: tuple[str, bool] | None) -> bool:
     if present:  # "Effusion is present." is false where the report denies or omits effusion
         return state == NEGATIVE or state is None
     return state == POSITIVE  # "No effusion." is false only where the report asserts it
-    # (an uncertain mention rules out neither polarity)
 
 
 def label_aware_mask(reports: list[str], candidates: list[str]) -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import importlib.util
 
 import numpy as np
-
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import provenance  # noqa: E402  (machine, flags, date, command of each result)
+from provenance import provenance  # machine, ISA flags, date, command of each result
 
 RESULTS = Path(__file__).parent / "results" / "search.json"
 CENTRES = 64

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import provenance  # noqa: E402  (machine, flags, date, command of each result)
+from provenance import provenance  # machine, ISA flags, date, command of each result
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent

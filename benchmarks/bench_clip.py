@@ -54,7 +54,7 @@ def _online_text_tower(device):
 def throughput(batch: int, steps: int, text_tokens: int) -> dict:
     import torch
 
-    from cxr_assets.clip.train import compute_gradients
+    from cxr_assets.clip.gradcache import compute_gradients
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -109,7 +109,7 @@ def _memory_point(batch: int, micro: int | None) -> dict:
     """One training step at `batch` in this (fresh) process; peak memory of the step."""
     import torch
 
-    from cxr_assets.clip.train import compute_gradients
+    from cxr_assets.clip.gradcache import compute_gradients
 
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "2")))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -179,7 +179,7 @@ def versus_open_clip(batch: int, steps: int) -> dict:
     import open_clip
     import torch
 
-    from cxr_assets.clip.train import compute_gradients
+    from cxr_assets.clip.gradcache import compute_gradients
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

@@ -112,7 +112,7 @@ def cmd_demo_data(args) -> int:
 
 
 def cmd_catalog(args) -> int:
-    from cxr_assets.stages.catalog_views import connect_catalog
+    from cxr_assets.ingest.catalog_views import connect_catalog
 
     _, paths = _load(args)
     con = connect_catalog(paths)

@@ -151,3 +151,30 @@ class ProjectPaths:
     @property
     def reevaluation_dir(self) -> Path:
         return self.reports_dir / "reevaluation"
+
+
+class MissingUpstreamError(RuntimeError):
+    """A stage was asked to run before the assets it reads were materialized."""
+
+    def __init__(self, stage: str, missing: dict[str, list[Path]]):
+        names = sorted(missing)
+        files = "; ".join(f"{n}: {', '.join(str(p) for p in missing[n])}" for n in names)
+        super().__init__(
+            f"{stage} cannot run: upstream asset(s) {', '.join(names)} were never materialized "
+            f"(missing {files}). Build them first with "
+            f"`dagster asset materialize --select '+{stage}'` or `dvc repro {stage}`."
+        )
+        self.stage = stage
+        self.missing = missing
+
+
+def require(stage: str, needed: dict[str, list[Path]]) -> None:
+    """Raise MissingUpstreamError naming every upstream asset whose files are absent.
+
+    It lives with the layout (not in `stages`) because library entry points that read the
+    catalog themselves, such as the torchrun CLIP ranks, check their inputs the same way.
+    """
+    missing = {name: [p for p in files if not p.exists()] for name, files in needed.items()}
+    missing = {name: files for name, files in missing.items() if files}
+    if missing:
+        raise MissingUpstreamError(stage, missing)

@@ -1,7 +1,8 @@
 """torchrun entry point of the clip_model stage: `python -m cxr_assets.clip.launch SPEC.json`.
 
-The stage (or the Dagster Pipes client) writes a spec with the validated params, the project
-root and an output folder, then starts `torchrun --nproc_per_node N -m cxr_assets.clip.launch`.
+The stage (`train_with_torchrun`, its launcher a subprocess or the Dagster Pipes client) writes
+a spec with the validated params, the project root and an output folder, then starts
+`torchrun --nproc_per_node N -m cxr_assets.clip.launch`.
 Every rank trains; rank 0 writes the best model (`save_clip_model`), `result.json` (history,
 best epoch, steps) and `steps.jsonl` (per-step metrics) into the output folder. When started by
 Dagster Pipes, rank 0 also streams log lines and metrics back to the Dagster run.
@@ -12,9 +13,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+Launcher = Callable[[list[str], dict[str, str]], None]
 
 
 def torchrun_command(spec_file: Path, nproc: int) -> list[str]:
@@ -30,6 +37,44 @@ def write_spec(params, root: Path, out_dir: Path, spec_file: Path) -> Path:
     return spec_file
 
 
+def _subprocess_launcher(command: list[str], env: dict[str, str]) -> None:
+    done = subprocess.run(command, env=env, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"torchrun CLIP training failed with exit code {done.returncode}: "
+                           f"{' '.join(command)}")
+
+
+def train_with_torchrun(params, paths, launcher: Launcher | None = None):
+    """Run `clip.distributed.nproc_per_node` ranks with torchrun and read back rank 0's model.
+
+    Returns (ClipTrainResult, per-step metrics). `launcher(command, env)` runs the command;
+    the Dagster asset passes one that goes through Dagster Pipes.
+    """
+    from cxr_assets.clip.model import load_clip_model
+    from cxr_assets.clip.train import ClipTrainResult
+
+    work = Path(tempfile.mkdtemp(prefix="clip_torchrun_", dir=paths.artifacts_dir))
+    spec = write_spec(params, paths.root, work / "out", work / "spec.json")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
+                                                      env.get("PYTHONPATH", "")]))
+    env.setdefault("OMP_NUM_THREADS", str(params.clip.threads))
+    (launcher or _subprocess_launcher)(
+        torchrun_command(spec, params.clip.distributed.nproc_per_node), env)
+    out = work / "out"
+    if not (out / "result.json").is_file():
+        raise RuntimeError(f"torchrun CLIP training wrote no result into {out}")
+    summary = json.loads((out / "result.json").read_text())
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines() if line]
+    result = ClipTrainResult(
+        model=load_clip_model(out), history=summary["history"],
+        best_epoch=summary["best_epoch"], best_val_loss=summary["best_val_loss"],
+        steps=summary["steps"], seconds=summary["seconds"],
+        resumed_from_step=summary["resumed_from_step"], world_size=summary["world_size"])
+    shutil.rmtree(work, ignore_errors=True)
+    return result, steps
+
+
 def _pipes():
     """A Dagster Pipes context when launched by PipesSubprocessClient on rank 0, else None."""
     if os.environ.get("RANK", "0") != "0" or "DAGSTER_PIPES_CONTEXT" not in os.environ:
@@ -40,10 +85,10 @@ def _pipes():
 
 
 def main(spec_file: str) -> None:
+    from cxr_assets.clip.from_catalog import train_from_catalog
     from cxr_assets.clip.model import save_clip_model
     from cxr_assets.config import parse_params
     from cxr_assets.paths import ProjectPaths
-    from cxr_assets.stages.clip_model import train_from_catalog
 
     spec = json.loads(Path(spec_file).read_text())
     params = parse_params(spec["params"], spec_file)

@@ -111,6 +111,17 @@ def contrastive_loss(
     return 0.5 * (F.cross_entropy(logits_i, targets) + F.cross_entropy(logits_t, targets))
 
 
+def model_loss(model, image_rows: torch.Tensor, text_rows: torch.Tensor,
+               image_cols: torch.Tensor, text_cols: torch.Tensor, row_offset: int,
+               groups: torch.Tensor | None = None) -> torch.Tensor:
+    """`contrastive_loss` with a DualTowerClip's temperature, bias and loss kind, so the
+    training step, GradCache and validation cannot disagree on them."""
+    return contrastive_loss(
+        image_rows, text_rows, image_cols, text_cols, row_offset,
+        model.logit_scale, model.logit_bias_value(), model.config.loss, groups,
+    )
+
+
 def positive_mask(groups: torch.Tensor, row_offset: int, n: int, total: int) -> torch.Tensor:
     """[n, total] bool: row i (global pair row_offset + i) and column j share a group id."""
     groups = torch.as_tensor(groups)

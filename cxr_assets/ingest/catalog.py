@@ -12,19 +12,15 @@ are not read again, and re-ingesting the same files adds nothing.
 
 Memory stays bounded as the number of studies grows: rows are written every CHUNK_ROWS rows as
 Parquet chunks to a temporary spool folder, the de-duplication indexes are arrays of hashes and
-row numbers (`_RowIndex`), and `write_catalog` sorts the chunks with DuckDB and loads DuckDB
-from the Parquet files it just wrote. The tables of an `IngestResult` are read back only when
-asked for.
+row numbers (both in `spool.py`), and `write_catalog` sorts the chunks with DuckDB and loads
+DuckDB from the Parquet files it just wrote (`catalog_db.py`). The tables of an `IngestResult`
+are read back only when asked for.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from array import array
-from bisect import bisect_right
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,17 +30,22 @@ from tqdm.auto import tqdm
 
 from cxr_assets.failpoints import failpoint
 from cxr_assets.hashing import file_sha256
+from cxr_assets.ingest.catalog_db import (
+    CatalogWriteLock,
+    copy_file_atomic,
+    write_duckdb_tables,
+    write_parquet_atomic,
+)
 from cxr_assets.ingest.dicom import DicomError, DicomHeader
 from cxr_assets.ingest.listing import ImageRef, LayoutListing, ReportRef, StudyFiles
+from cxr_assets.ingest.spool import ChunkedTable, RowIndex, SpooledTable, SpoolMaker
+from cxr_assets.schemas import QUARANTINE_SCHEMA
 
 STAGE = "raw_studies"
 CHUNK_ROWS = 2048
 """Rows of one table held as Python values while cataloguing: every CHUNK_ROWS rows they are
 written as a Parquet chunk to a temporary spool folder, so what grows in memory with the number
 of studies is only the de-duplication indexes (study ids, image ids, content hashes)."""
-SORTED_ROW_GROUP = 8192
-"""Parquet row group of a table sorted from its chunks: DuckDB's sort buffers one row group of
-output, and smaller groups cost DuckDB more when it loads the file."""
 
 STUDIES_SCHEMA: dict[str, pl.DataType] = {
     "study_id": pl.String,
@@ -78,12 +79,6 @@ REPORTS_SCHEMA: dict[str, pl.DataType] = {
     "report_text": pl.String,
     "encoding": pl.String,
     "phi_masked": pl.String,  # kinds masked under phi_policy strip ("" when none)
-}
-QUARANTINE_SCHEMA: dict[str, pl.DataType] = {
-    "path": pl.String,
-    "study_id": pl.String,
-    "reason": pl.String,
-    "stage": pl.String,
 }
 BATCHES_SCHEMA: dict[str, pl.DataType] = {
     "batch_id": pl.String,
@@ -132,7 +127,7 @@ class IngestResult:
     def __init__(self, studies, images, reports, quarantine, n_inputs: int,
                  notes: list[str] | None = None, n_reused: int = 0, n_phi_stripped: int = 0,
                  batches: pl.DataFrame | None = None) -> None:
-        self._tables: dict[str, pl.DataFrame | _SpooledTable] = {
+        self._tables: dict[str, pl.DataFrame | SpooledTable] = {
             "studies": studies, "images": images, "reports": reports, "quarantine": quarantine}
         self.n_inputs = n_inputs
         self.notes = [] if notes is None else notes
@@ -143,7 +138,7 @@ class IngestResult:
     def table(self, name: str) -> pl.DataFrame:
         """One table as a frame (read from the spool, once, when it is still there)."""
         table = self._tables[name]
-        if isinstance(table, _SpooledTable):
+        if isinstance(table, SpooledTable):
             table = self._tables[name] = table.load()
         return table
 
@@ -227,214 +222,6 @@ def _image_row(ref: ImageRef, header, digest: str, stat: os.stat_result) -> dict
     }
 
 
-class _Spool:
-    """A temporary folder for Parquet chunks, removed once nothing refers to it any more."""
-
-    def __init__(self, parent: Path | None) -> None:
-        import shutil
-        import tempfile
-        import weakref
-
-        if parent is not None:
-            Path(parent).mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="cxr-ingest-spool-", dir=parent))
-        weakref.finalize(self, shutil.rmtree, str(self.path), True)
-
-
-class _SpoolMaker:
-    """The spool of one catalogue run, created on first use (a small run never needs one)."""
-
-    def __init__(self, parent: Path | None) -> None:
-        self.parent = parent
-        self.spool: _Spool | None = None
-
-    def __call__(self) -> _Spool:
-        if self.spool is None:
-            self.spool = _Spool(self.parent)
-        return self.spool
-
-
-class _SpooledTable:
-    """A table kept as Parquet chunks (each with its running row number `_row`) in a spool."""
-
-    def __init__(self, name: str, schema: dict[str, pl.DataType], spool: _Spool,
-                 parts: list[Path], height: int) -> None:
-        self.name, self.schema, self.spool = name, schema, spool
-        self.parts = parts
-        self.height = height
-        self.sorted_path: Path | None = None  # the sorted table once written (write_sorted)
-
-    def _order(self) -> tuple[list[str], bool]:
-        by, nulls_last = SORT_KEYS[self.name]
-        return [*by, "_row"], nulls_last  # _row: ties keep the order rows were added in
-
-    def load(self) -> pl.DataFrame:
-        """The whole table, sorted, as one frame."""
-        if self.sorted_path is not None:
-            return pl.read_parquet(self.sorted_path, glob=False)
-        by, nulls_last = self._order()
-        return (pl.read_parquet(self.parts, glob=False).sort(by, nulls_last=nulls_last)
-                .drop("_row").rechunk())
-
-    def write_sorted(self) -> Path:
-        """Sort the chunks into one Parquet file in the spool.
-
-        DuckDB sorts (in its own memory, which the catalog load right after reuses; spilling,
-        if ever, into the spool); `_row` breaks ties, so the order is the one `load` gives.
-        """
-        if self.sorted_path is not None:
-            return self.sorted_path
-        import duckdb
-
-        target = self.spool.path / f"{self.name}.sorted.parquet"
-        if _GLOB_CHARS & set(str(self.spool.path)):  # read_parquet would expand these
-            self.load().write_parquet(target)
-        else:
-            by, nulls_last = self._order()
-            order = ", ".join(f'"{c}" ASC NULLS {"LAST" if nulls_last else "FIRST"}' for c in by)
-            files = ", ".join(_sql_string(part) for part in self.parts)
-            con = duckdb.connect(":memory:", config={
-                **_DUCKDB_CONFIG, "temp_directory": str(self.spool.path / "duckdb.tmp")})
-            try:
-                con.execute(f"COPY (SELECT * EXCLUDE (_row) FROM read_parquet([{files}]) "
-                            f"ORDER BY {order}) TO {_sql_string(target)} "
-                            f"(FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE {SORTED_ROW_GROUP})")
-            finally:
-                con.close()
-        for part in self.parts:
-            part.unlink(missing_ok=True)
-        self.parts = []
-        self.sorted_path = target
-        return target
-
-
-class _Table:
-    """One catalog table filled a row at a time.
-
-    The rows since the last flush are Python lists (one per column); every `chunk_rows` rows
-    they are written as a Parquet chunk into a spool folder (created on the first flush), so
-    a small run never touches the disk and a large one holds at most one chunk in Python.
-    """
-
-    def __init__(self, name: str, schema: dict[str, pl.DataType], chunk_rows: int,
-                 spool: Callable[[], _Spool]) -> None:
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be positive, got {chunk_rows}")
-        self.name, self.schema, self.chunk_rows = name, schema, chunk_rows
-        self._spool = spool  # the run's spool, created when first asked for
-        self.height = 0
-        self._parts: list[Path] = []
-        self._starts: list[int] = []  # row number of each part's first row
-        self._pending: dict[str, list] = {name: [] for name in schema}
-        self._n_pending = 0
-        self._read_back: dict[tuple[int, str], pl.Series] = {}  # (part, column) read from disk
-
-    def append(self, row: dict) -> int:
-        """Add a row (a dict with every column); returns its row number."""
-        for name, values in self._pending.items():
-            values.append(row[name])
-        self._n_pending += 1
-        self.height += 1
-        if self._n_pending >= self.chunk_rows:
-            self.flush()
-        return self.height - 1
-
-    def _pending_frame(self) -> pl.DataFrame:
-        frame = pl.DataFrame(self._pending, schema=self.schema)
-        self._pending = {name: [] for name in self.schema}
-        self._n_pending = 0
-        return frame
-
-    def flush(self) -> None:
-        if not self._n_pending:
-            return
-        start = self.height - self._n_pending
-        path = self._spool().path / f"{self.name}.{len(self._parts):06d}.parquet"
-        self._pending_frame().with_columns(
-            pl.int_range(start, self.height, dtype=pl.Int64).alias("_row")
-        ).write_parquet(path, compression="lz4")
-        self._parts.append(path)
-        self._starts.append(start)
-
-    def value(self, column: str, row: int):
-        """One cell by row number (to name what came first when a duplicate turns up)."""
-        first_pending = self.height - self._n_pending
-        if row >= first_pending:
-            return self._pending[column][row - first_pending]
-        k = bisect_right(self._starts, row) - 1
-        values = self._read_back.get((k, column))
-        if values is None:
-            if len(self._read_back) >= 8:  # duplicates come in runs: keep the last few
-                self._read_back.clear()
-            values = pl.read_parquet(self._parts[k], columns=[column], glob=False)[column]
-            self._read_back[(k, column)] = values
-        return values[row - self._starts[k]]
-
-    def finish(self) -> pl.DataFrame | _SpooledTable:
-        """The table: a sorted frame when it never left memory, else its spooled chunks."""
-        self._read_back = {}
-        if not self._parts:
-            by, nulls_last = SORT_KEYS[self.name]
-            return self._pending_frame().sort(*by, nulls_last=nulls_last, maintain_order=True)
-        self.flush()
-        table = _SpooledTable(self.name, self.schema, self._spool(), self._parts, self.height)
-        self._parts, self._starts, self.height = [], [], 0
-        return table
-
-
-class _RowIndex:
-    """key -> row number of the table row that holds it, with no Python object per key.
-
-    The de-duplication indexes (study ids, image ids, content hashes) are the only state that
-    grows with the number of studies; as dicts they cost ~150 bytes an entry in small Python
-    objects that fragment the heap. This is open addressing over two arrays of 8-byte slots
-    (the key's hash and its row number, at most half full); a hash match is confirmed by
-    reading the key back from the table, so keys that share a hash are never confused.
-    """
-
-    _EMPTY = -1
-
-    def __init__(self, key_of: Callable[[int], object], capacity: int = 1024) -> None:
-        self._key_of = key_of  # row number -> the key stored in that row
-        self._allocate(capacity)
-        self._n = 0
-
-    def _allocate(self, capacity: int) -> None:
-        self._hashes = array("q", bytes(8 * capacity))
-        self._rows = array("q", [self._EMPTY]) * capacity
-        self._mask = capacity - 1  # capacity is a power of two
-
-    def __len__(self) -> int:
-        return self._n
-
-    def get(self, key) -> int | None:
-        h = hash(key)
-        i = h & self._mask
-        while (row := self._rows[i]) != self._EMPTY:
-            if self._hashes[i] == h and self._key_of(row) == key:
-                return row
-            i = (i + 1) & self._mask
-        return None
-
-    def add(self, key, row: int) -> None:
-        """Record `key` at `row` (the caller has checked that the key is new)."""
-        if 2 * (self._n + 1) > len(self._rows):
-            hashes, rows = self._hashes, self._rows
-            self._allocate(2 * len(rows))
-            for h, old in zip(hashes, rows, strict=True):
-                if old != self._EMPTY:
-                    self._put(h, old)
-        self._put(hash(key), row)
-        self._n += 1
-
-    def _put(self, h: int, row: int) -> None:
-        i = h & self._mask
-        while self._rows[i] != self._EMPTY:
-            i = (i + 1) & self._mask
-        self._hashes[i] = h
-        self._rows[i] = row
-
-
 PREVIOUS_COLUMNS = tuple(k for k in IMAGES_SCHEMA if k not in ("study_id", "patient_id", "batch_id"))
 
 
@@ -466,24 +253,28 @@ class _PreviousImages:
 class _Catalogue:
     """Accumulates rows across the batches of one ingest run (shared de-duplication).
 
-    Rows go into `_Table`s (Parquet chunks in a spool once a table outgrows one chunk); what
-    grows in memory with the number of inputs is the de-duplication indexes, which map an id or
-    content hash to the row number of the image or study that came first (its path / patient
-    is read back from the table when a duplicate needs naming).
+    Rows go into `ChunkedTable`s (Parquet chunks in a spool once a table outgrows one chunk);
+    what grows in memory with the number of inputs is the de-duplication indexes, which map an
+    id or content hash to the row number of the image or study that came first (its path /
+    patient is read back from the table when a duplicate needs naming).
     """
 
     def __init__(self, policy: PhiPolicy, previous: pl.DataFrame | None,
                  chunk_rows: int = CHUNK_ROWS, spool_dir: Path | None = None) -> None:
         self.policy = policy
-        spool = _SpoolMaker(spool_dir)  # shared by the four tables
-        self.studies = _Table("studies", STUDIES_SCHEMA, chunk_rows, spool)
-        self.images = _Table("images", IMAGES_SCHEMA, chunk_rows, spool)
-        self.reports = _Table("reports", REPORTS_SCHEMA, chunk_rows, spool)
-        self.quarantine = _Table("quarantine", QUARANTINE_SCHEMA, chunk_rows, spool)
+        spool = SpoolMaker(spool_dir)  # shared by the four tables
+        self.studies = ChunkedTable("studies", STUDIES_SCHEMA, chunk_rows, spool,
+                                    SORT_KEYS["studies"])
+        self.images = ChunkedTable("images", IMAGES_SCHEMA, chunk_rows, spool,
+                                   SORT_KEYS["images"])
+        self.reports = ChunkedTable("reports", REPORTS_SCHEMA, chunk_rows, spool,
+                                    SORT_KEYS["reports"])
+        self.quarantine = ChunkedTable("quarantine", QUARANTINE_SCHEMA, chunk_rows, spool,
+                                       SORT_KEYS["quarantine"])
         # image_id / file_sha256 / study_id -> the row that has it (its first occurrence)
-        self.seen_images = _RowIndex(lambda row: self.images.value("image_id", row))
-        self.seen_content = _RowIndex(lambda row: self.images.value("file_sha256", row))
-        self.seen_studies = _RowIndex(lambda row: self.studies.value("study_id", row))
+        self.seen_images = RowIndex(lambda row: self.images.value("image_id", row))
+        self.seen_content = RowIndex(lambda row: self.images.value("file_sha256", row))
+        self.seen_studies = RowIndex(lambda row: self.studies.value("study_id", row))
         self.previous = _PreviousImages(previous)
         self.n_reused = 0
         self.n_phi_stripped = 0
@@ -828,133 +619,6 @@ def accounting(result: IngestResult) -> dict:
     }
 
 
-# --- writing -----------------------------------------------------------------------------------
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
-    """Write Parquet to a temporary sibling and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        df.write_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-_GLOB_CHARS = frozenset("*?[]{}")
-# One thread needs the least memory; the buffer-pool cap keeps DuckDB's sort and table load from
-# growing with the catalog (by default it may take 80% of RAM): past it, DuckDB spills to disk.
-_DUCKDB_CONFIG = {"threads": 1, "memory_limit": "192MB"}
-
-
-def _sql_string(value: object) -> str:
-    return "'" + str(value).replace("'", "''") + "'"
-
-
-def copy_file_atomic(source: Path, path: Path) -> Path:
-    """Copy a file to a temporary sibling of `path` and rename, like write_parquet_atomic."""
-    import shutil
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def write_duckdb_tables(db_path: Path, tables: dict[str, pl.DataFrame | Path]) -> Path:
-    """Create or replace `tables` in a DuckDB file in one transaction (other tables are kept).
-
-    A table given as a Parquet path is loaded by DuckDB from the file (no second in-memory
-    copy of the rows); a DataFrame is registered as Arrow.
-    """
-    import duckdb
-
-    db_path = Path(db_path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    for name in tables:
-        if not _IDENTIFIER.match(name):
-            raise ValueError(f"invalid DuckDB table name {name!r}")
-    con = duckdb.connect(str(db_path))
-    try:
-        con.execute(f"SET threads = {_DUCKDB_CONFIG['threads']}")
-        con.execute(f"SET memory_limit = '{_DUCKDB_CONFIG['memory_limit']}'")
-        con.begin()
-        for name, table in tables.items():
-            if isinstance(table, pl.DataFrame) or _GLOB_CHARS & set(str(table)):
-                # read_parquet would expand glob characters in a path: read such a file here.
-                df = table if isinstance(table, pl.DataFrame) else pl.read_parquet(table, glob=False)
-                con.register("_incoming", df.to_arrow())
-                con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM _incoming')
-                con.unregister("_incoming")
-                del df
-            else:
-                con.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM read_parquet({_sql_string(table)})')
-            failpoint("catalog.inside_duckdb_transaction")
-        con.commit()
-    except Exception:
-        con.rollback()
-        raise
-    finally:
-        con.close()
-    return db_path
-
-
-WRITE_LOCK = ".write.lock"
-WRITE_LOCK_TIMEOUT_S = 600.0
-
-
-class CatalogWriteLock:
-    """Exclusive lock on catalog_dir/.write.lock: one catalog writer at a time.
-
-    Two concurrent raw_studies runs would otherwise interleave their Parquet files and one
-    would fail on DuckDB's own file lock ("Could not set lock on file"), leaving Parquet from
-    one run and DuckDB from the other. The kernel releases the lock when its holder dies.
-    """
-
-    def __init__(self, catalog_dir: Path, timeout_s: float = WRITE_LOCK_TIMEOUT_S) -> None:
-        self.path = Path(catalog_dir) / WRITE_LOCK
-        self.timeout_s = timeout_s
-        self._handle = None
-
-    def __enter__(self):
-        import time
-
-        try:
-            import fcntl
-        except ImportError:  # no flock (Windows): one writer assumed, as before
-            return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "a")  # closed (lock released) in __exit__
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            try:
-                fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return self
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    self._handle.close()
-                    self._handle = None
-                    raise TimeoutError(
-                        f"catalog {self.path.parent} is being written by another process: "
-                        f"{self.path} still locked after {self.timeout_s:.0f} s") from None
-                time.sleep(0.1)
-
-    def __exit__(self, *exc) -> None:
-        if self._handle is not None:
-            self._handle.close()  # closing the descriptor releases the flock
-            self._handle = None
-
-
 def write_catalog(result: IngestResult, catalog_dir: Path) -> dict[str, Path]:
     """Write the catalog tables as Parquet and as tables of catalog_dir/catalog.duckdb.
 
@@ -964,7 +628,7 @@ def write_catalog(result: IngestResult, catalog_dir: Path) -> dict[str, Path]:
     catalog_dir = Path(catalog_dir)
     tables = {name: result._tables[name] for name in TABLES} | {"ingest_batches": result.batches}
     for table in tables.values():  # the slow part, before taking the lock
-        if isinstance(table, _SpooledTable):
+        if isinstance(table, SpooledTable):
             table.write_sorted()
     with CatalogWriteLock(catalog_dir):
         for name in tables:  # temporaries left by a writer that was killed (we hold the lock)
@@ -973,7 +637,7 @@ def write_catalog(result: IngestResult, catalog_dir: Path) -> dict[str, Path]:
         paths = {}
         for name, table in tables.items():
             paths[name] = (copy_file_atomic(table.sorted_path, catalog_dir / f"{name}.parquet")
-                           if isinstance(table, _SpooledTable)
+                           if isinstance(table, SpooledTable)
                            else write_parquet_atomic(table, catalog_dir / f"{name}.parquet"))
             failpoint("catalog.between_parquet_tables")
         # DuckDB loads the Parquet files just written (under the same lock, so they are ours).

@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
-from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
+from cxr_assets.schemas import QUARANTINE_SCHEMA
 
 STAGE = "study_images"
 # Bump when the decoding or resizing code changes what a cached PNG contains.

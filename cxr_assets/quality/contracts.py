@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     import pandas
     import polars
 
+    from cxr_assets.config import Params
+
+CONTRACTS_DIR = Path(__file__).resolve().parents[2] / "data_contracts"
 _PLACEHOLDER = re.compile(r"\$\{([A-Za-z0-9_.\-]+)\}")
 _GX_LOCK = threading.Lock()
 _GX_STATE: dict[str, Any] = {}
@@ -56,9 +59,23 @@ def flatten_overrides(values: Mapping | Any | None, prefix: str = "") -> dict[st
     return flat
 
 
+def contract_overrides(params: Params) -> dict[str, Any]:
+    """Values the suites reference as ${...} placeholders, so thresholds live in params.yaml."""
+    q = params.quality
+    low, high = q.impression_only_share
+    return {
+        "quality.min_report_chars": q.min_report_chars,
+        "quality.max_report_chars": q.max_report_chars,
+        "quality.impression_only_share_low": low,
+        "quality.impression_only_share_high": high,
+        "quality.min_studies": q.min_studies,
+        # A study kept only for its report (ingest.require_images false) has no image.
+        "ingest.min_images_per_study": 1 if params.ingest.require_images else 0,
+    }
+
+
 def _default_values() -> dict[str, Any]:
     from cxr_assets.config import Params
-    from cxr_assets.stages.contracts import contract_overrides
 
     # Params defaults plus the values derived from them (e.g. ingest.min_images_per_study).
     return {**flatten_overrides(Params()), **contract_overrides(Params())}

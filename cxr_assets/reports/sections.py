@@ -17,6 +17,8 @@ from pathlib import Path
 import polars as pl
 from tqdm.auto import tqdm
 
+from cxr_assets.schemas import QUARANTINE_SCHEMA
+
 STAGE = "report_texts"
 SECTIONS = ("findings", "impression", "indication", "comparison", "technique")
 
@@ -282,8 +284,6 @@ def _check_report_columns(reports: pl.DataFrame) -> None:
 
 def _parse_chunk(chunk: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """(report_texts rows, quarantine rows) of one chunk, both in input order."""
-    from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
-
     _check_report_columns(chunk)
     sections_of: dict[str, list[str | None]] = {section: [] for section in SECTIONS}
     train_texts: list[str] = []

@@ -17,6 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_assets.paths import MissingUpstreamError, require
+
+# `require` and its error live with the layout, since library code that reads the catalog
+# (the torchrun CLIP ranks) raises them too; stages keep taking them from here.
+__all__ = ["CheckOutcome", "Markdown", "MissingUpstreamError", "StageResult", "TablePreview",
+           "atomic_dir", "png_markdown", "require", "write_json", "write_parquet"]
+
 
 @dataclass(frozen=True)
 class Markdown:
@@ -90,29 +97,6 @@ class StageResult:
                 for c in self.checks
             ],
         }
-
-
-class MissingUpstreamError(RuntimeError):
-    """A stage was asked to run before the assets it reads were materialized."""
-
-    def __init__(self, stage: str, missing: dict[str, list[Path]]):
-        names = sorted(missing)
-        files = "; ".join(f"{n}: {', '.join(str(p) for p in missing[n])}" for n in names)
-        super().__init__(
-            f"{stage} cannot run: upstream asset(s) {', '.join(names)} were never materialized "
-            f"(missing {files}). Build them first with "
-            f"`dagster asset materialize --select '+{stage}'` or `dvc repro {stage}`."
-        )
-        self.stage = stage
-        self.missing = missing
-
-
-def require(stage: str, needed: dict[str, list[Path]]) -> None:
-    """Raise MissingUpstreamError naming every upstream asset whose files are absent."""
-    missing = {name: [p for p in files if not p.exists()] for name, files in needed.items()}
-    missing = {name: files for name, files in missing.items() if files}
-    if missing:
-        raise MissingUpstreamError(stage, missing)
 
 
 @contextmanager

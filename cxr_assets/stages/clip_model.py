@@ -11,15 +11,14 @@ registered as a pyfunc model version with alias `challenger`.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
 
+from cxr_assets.clip.from_catalog import report_encoder_hash, split_pairs, train_from_catalog
+from cxr_assets.clip.launch import Launcher, train_with_torchrun
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import (
@@ -30,7 +29,6 @@ from cxr_assets.stages.base import (
     require,
     write_json,
 )
-from cxr_assets.stages.training_data import embedding_matrix, image_report_pairs, positive_keys
 
 
 def git_sha(root: Path) -> str:
@@ -40,9 +38,6 @@ def git_sha(root: Path) -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
-
-
-Launcher = Callable[[list[str], dict[str, str]], None]
 
 
 def dvc_lock_hashes(root: Path) -> dict[str, str]:
@@ -96,99 +91,6 @@ def model_card(params: Params, paths: ProjectPaths, encoder_hash: str, result, n
     ])
 
 
-def checkpoint_dir(params: Params, paths: ProjectPaths) -> Path:
-    folder = params.clip.checkpoint.dir
-    if not folder:
-        return paths.artifacts_dir / "clip_checkpoints"
-    return Path(folder) if Path(folder).is_absolute() else paths.root / folder
-
-
-def train_from_catalog(params: Params, paths: ProjectPaths, progress: bool = True, log_fn=None):
-    """Train on the catalog's train/val pairs in this process (one torchrun rank or alone).
-
-    Returns (ClipTrainResult, train pairs, val pairs, encoder hash).
-    """
-    from cxr_assets.clip.train import train_clip
-
-    require("clip_model", {
-        "study_images": [paths.study_images_table],
-        "study_splits": [paths.splits_table],
-        "report_embeddings": [paths.report_embeddings_table],
-        "text_encoder": [paths.text_encoder_dir / "encoder_config.json"],
-    })
-    pairs = image_report_pairs(paths)
-    train, val = pairs.filter(pl.col("split") == "train"), pairs.filter(pl.col("split") == "val")
-    if train.height < 2:
-        raise ValueError(f"clip_model: only {train.height} training image-report pairs; need >= 2")
-    encoder_hash = pl.read_parquet(paths.report_embeddings_table)["encoder_hash"][0]
-
-    if params.clip.text_tower == "lora":
-        # Online text tower: the report strings themselves, encoded every step with LoRA.
-        reports = pl.read_parquet(paths.report_texts_table).select(
-            "study_id", pl.col("report_for_training").fill_null("").alias("report"))
-        train = train.join(reports, on="study_id", how="left")
-        val = val.join(reports, on="study_id", how="left")
-        train_text, val_text = train["report"].to_list(), val["report"].to_list()
-    else:
-        train_text, val_text = embedding_matrix(train), embedding_matrix(val)
-    positives = params.clip.positives
-    if positives == "same_labels":
-        require("clip_model", {"report_texts": [paths.labels_table]})
-    elif positives == "same_text":
-        require("clip_model", {"report_texts": [paths.report_texts_table]})
-    result = train_clip(
-        [Path(p) for p in train["cache_path"]], train_text,
-        [Path(p) for p in val["cache_path"]], val_text,
-        params.clip, text_encoder_hash=encoder_hash, seed=params.project.seed, progress=progress,
-        log_fn=log_fn, checkpoint_dir=checkpoint_dir(params, paths),
-        text_encoder_dir=paths.text_encoder_dir,
-        train_groups=positive_keys(train, positives, paths),
-        val_groups=positive_keys(val, positives, paths),
-    )
-    return result, train, val, encoder_hash
-
-
-def _subprocess_launcher(command: list[str], env: dict[str, str]) -> None:
-    done = subprocess.run(command, env=env, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"torchrun CLIP training failed with exit code {done.returncode}: "
-                           f"{' '.join(command)}")
-
-
-def train_with_torchrun(params: Params, paths: ProjectPaths, launcher: Launcher | None = None):
-    """Run `clip.distributed.nproc_per_node` ranks with torchrun and read back rank 0's model.
-
-    Returns (ClipTrainResult, per-step metrics). `launcher(command, env)` runs the command;
-    the Dagster asset passes one that goes through Dagster Pipes.
-    """
-    from cxr_assets.clip.launch import torchrun_command, write_spec
-    from cxr_assets.clip.model import load_clip_model
-    from cxr_assets.clip.train import ClipTrainResult
-
-    work = Path(tempfile.mkdtemp(prefix="clip_torchrun_", dir=paths.artifacts_dir))
-    spec = write_spec(params, paths.root, work / "out", work / "spec.json")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
-                                                      env.get("PYTHONPATH", "")]))
-    env.setdefault("OMP_NUM_THREADS", str(params.clip.threads))
-    (launcher or _subprocess_launcher)(
-        torchrun_command(spec, params.clip.distributed.nproc_per_node), env)
-    out = work / "out"
-    if not (out / "result.json").is_file():
-        raise RuntimeError(f"torchrun CLIP training wrote no result into {out}")
-    summary = json.loads((out / "result.json").read_text())
-    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines() if line]
-    result = ClipTrainResult(
-        model=load_clip_model(out), history=summary["history"],
-        best_epoch=summary["best_epoch"], best_val_loss=summary["best_val_loss"],
-        steps=summary["steps"], seconds=summary["seconds"],
-        resumed_from_step=summary["resumed_from_step"], world_size=summary["world_size"])
-    import shutil
-
-    shutil.rmtree(work, ignore_errors=True)
-    return result, steps
-
-
 def run(params: Params, paths: ProjectPaths, progress: bool = True,
         launcher: Launcher | None = None) -> StageResult:
     import mlflow
@@ -209,10 +111,8 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True,
     with mlflow.start_run(run_name="clip_model", log_system_metrics=True) as run:
         step_metrics: list[dict] = []
         if params.clip.distributed.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
-            pairs = image_report_pairs(paths)
-            train = pairs.filter(pl.col("split") == "train")
-            val = pairs.filter(pl.col("split") == "val")
-            encoder_hash = pl.read_parquet(paths.report_embeddings_table)["encoder_hash"][0]
+            train, val = split_pairs(paths)
+            encoder_hash = report_encoder_hash(paths)
             result, step_metrics = train_with_torchrun(params, paths, launcher)
         else:
             result, train, val, encoder_hash = train_from_catalog(

@@ -110,9 +110,9 @@ def _train_and_embed(params: Params, paths: ProjectPaths, train: pl.DataFrame, v
     Same budget and in-batch positives (clip.positives) as clip_model, so towers differ only
     in their report embeddings.
     """
+    from cxr_assets.clip.pairs import positive_keys
     from cxr_assets.clip.train import train_clip
     from cxr_assets.embed.images import embed_images, embed_texts
-    from cxr_assets.stages.training_data import positive_keys
 
     c = params.clip
     budget = c.model_copy(update={
@@ -136,6 +136,7 @@ def _train_and_embed(params: Params, paths: ProjectPaths, train: pl.DataFrame, v
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
     import mlflow
 
+    from cxr_assets.clip.pairs import one_image_per_study
     from cxr_assets.evaluate.comparison import (
         comparison_markdown,
         cross_site_split,
@@ -145,7 +146,6 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     )
     from cxr_assets.registry.tracking import configure_mlflow
     from cxr_assets.stages.evaluation_report import test_pool
-    from cxr_assets.stages.training_data import one_image_per_study
 
     require("model_comparison", {
         "study_embeddings": [paths.study_embeddings_table],

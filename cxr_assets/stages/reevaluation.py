@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from cxr_assets.clip.pairs import one_image_per_study
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import CheckOutcome, Markdown, StageResult, require, write_json
-from cxr_assets.stages.training_data import one_image_per_study
 
 WATCHED = ("mean_recall", "i2t_R@1", "t2i_R@1", "i2t_R@5", "t2i_R@5", "report/rouge_l",
            "report/f1_micro", "zeroshot/mean_auc")

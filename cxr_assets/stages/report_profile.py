@@ -13,6 +13,7 @@ import polars as pl
 
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
+from cxr_assets.quality.contracts import CONTRACTS_DIR, contract_overrides, run_contract
 from cxr_assets.stages.base import (
     CheckOutcome,
     Markdown,
@@ -23,12 +24,11 @@ from cxr_assets.stages.base import (
     write_json,
     write_parquet,
 )
-from cxr_assets.stages.contracts import CONTRACTS_DIR, contract_check, contract_overrides
+from cxr_assets.stages.contracts import contract_check
 
 
 def _drift_check(profile: pl.DataFrame, params: Params, paths: ProjectPaths) -> CheckOutcome:
     """The reports_drift GX suite against the stored reference profile (a warning)."""
-    from cxr_assets.quality.contracts import run_contract
     from cxr_assets.quality.drift import drift_overrides, load_reference, reference_measures
 
     q = params.quality

@@ -20,10 +20,10 @@ from cxr_assets.stages.base import CheckOutcome, StageResult, TablePreview, requ
 
 def run(params: Params, paths: ProjectPaths, progress: bool = True, *,
         chunk_rows: int | None = None) -> StageResult:
-    from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
     from cxr_assets.parquet_io import ParquetChunkWriter, iter_parquet_chunks, parquet_rows
     from cxr_assets.reports.labeler import CHEXPERT_OBSERVATIONS, label_reports
     from cxr_assets.reports.sections import REPORT_CHUNK_ROWS, iter_parse_reports
+    from cxr_assets.schemas import QUARANTINE_SCHEMA
 
     require("report_texts", {"raw_studies": [paths.studies_table, paths.catalog_reports_table]})
     chunk_rows = chunk_rows or REPORT_CHUNK_ROWS

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import polars as pl
 
-from cxr_assets.config import Params
-from cxr_assets.paths import ProjectPaths
-from cxr_assets.stages.base import StageResult, require, write_parquet
-from cxr_assets.stages.training_data import (
+from cxr_assets.clip.pairs import (
     embedding_matrix,
     image_report_pairs,
     one_image_per_study,
 )
+from cxr_assets.config import Params
+from cxr_assets.paths import ProjectPaths
+from cxr_assets.stages.base import StageResult, require, write_parquet
 
 
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:

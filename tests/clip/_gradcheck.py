@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxr_assets.clip.train import compute_gradients
+from cxr_assets.clip.gradcache import compute_gradients
 
 
 def grads(model) -> dict[str, torch.Tensor]:

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from cxr_assets.clip.data import epoch_order
 from cxr_assets.clip.model import ClipModelConfig, DualTowerClip, load_clip_model, save_clip_model
-from cxr_assets.clip.train import epoch_order, param_groups, train_clip
+from cxr_assets.clip.schedule import param_groups
+from cxr_assets.clip.train import train_clip
 from cxr_assets.config import ClipParams
 
 N_TRAIN, N_VAL, TEXT_DIM = 16, 8, 24

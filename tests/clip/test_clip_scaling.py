@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 import torch
 
+from cxr_assets.clip.gradcache import compute_gradients
 from cxr_assets.clip.loss import contrastive_loss
 from cxr_assets.clip.model import ClipModelConfig, DualTowerClip
-from cxr_assets.clip.train import compute_gradients, train_clip
+from cxr_assets.clip.train import train_clip
 from cxr_assets.config import ClipParams
 from tests.clip._gradcheck import assert_micro_batches_match, grads
 

@@ -69,8 +69,8 @@ def test_lora_tower_trains_only_adapters(encoder_dir, png_factory):
 
 
 def test_gradcache_with_online_tower_matches_full_batch(encoder_dir):
+    from cxr_assets.clip.gradcache import compute_gradients
     from cxr_assets.clip.model import ClipModelConfig, DualTowerClip
-    from cxr_assets.clip.train import compute_gradients
 
     torch.manual_seed(0)
     tower = OnlineTextTower.from_folder(encoder_dir, ClipTextLoraParams(r=4))

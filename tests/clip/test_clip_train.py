@@ -9,13 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from cxr_assets.clip.train import (
-    CachedPairDataset,
-    evaluate_loss,
-    lr_multiplier,
-    param_groups,
-    train_clip,
-)
+from cxr_assets.clip.data import CachedPairDataset
+from cxr_assets.clip.schedule import lr_multiplier, param_groups
+from cxr_assets.clip.train import evaluate_loss, train_clip
 from cxr_assets.config import ClipParams
 
 N_TRAIN, N_VAL, TEXT_DIM = 16, 8, 24

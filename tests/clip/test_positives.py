@@ -19,15 +19,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cxr_assets.clip.data import CachedPairDataset, StepBatches, resolve_groups
+from cxr_assets.clip.gradcache import compute_gradients
 from cxr_assets.clip.loss import contrastive_loss, group_ids, positive_mask
 from cxr_assets.clip.model import ClipModelConfig, DualTowerClip
-from cxr_assets.clip.train import (
-    CachedPairDataset,
-    StepBatches,
-    compute_gradients,
-    resolve_groups,
-    train_clip,
-)
+from cxr_assets.clip.train import train_clip
 from cxr_assets.config import ClipParams, ParamsError, parse_params
 from tests.clip._gradcheck import assert_micro_batches_match, grads
 
@@ -254,9 +250,9 @@ def test_train_with_positives(png_factory):
 
 
 def test_positive_keys_from_catalog_tables(tmp_path):
+    from cxr_assets.clip.pairs import positive_keys
     from cxr_assets.config import Params
     from cxr_assets.paths import ProjectPaths
-    from cxr_assets.stages.training_data import positive_keys
 
     paths = ProjectPaths.from_params(Params(), tmp_path)
     paths.catalog_dir.mkdir(parents=True)

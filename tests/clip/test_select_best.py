@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from cxr_assets.clip.data import CachedPairDataset
 from cxr_assets.clip.loss import group_ids
-from cxr_assets.clip.train import CachedPairDataset, evaluate_loss, train_clip, validate
+from cxr_assets.clip.train import evaluate_loss, train_clip, validate
 from cxr_assets.config import ClipParams, ParamsError, parse_params
 from cxr_assets.evaluate.retrieval import retrieval_metrics
 

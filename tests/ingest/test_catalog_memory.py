@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from cxr_assets.config import IngestParams
-from cxr_assets.ingest import catalog as catalog_module
+from cxr_assets.ingest import spool as spool_module
 from cxr_assets.ingest.catalog import (
     TABLES,
     accounting,
@@ -96,8 +96,8 @@ def test_tiny_chunks_give_the_same_catalog_as_one_chunk(demo_root, tmp_path, chu
     whole = _ingest(demo_root, tmp_path / "whole", BIG)
     chunked = _ingest(demo_root, tmp_path / "chunked", chunk_rows)
 
-    assert isinstance(chunked._tables["images"], catalog_module._SpooledTable)  # really spooled
-    assert not isinstance(whole._tables["images"], catalog_module._SpooledTable)
+    assert isinstance(chunked._tables["images"], spool_module.SpooledTable)  # really spooled
+    assert not isinstance(whole._tables["images"], spool_module.SpooledTable)
     assert accounting(chunked) == accounting(whole) and accounting(chunked)["balanced"]
     _assert_same(_tables(chunked), _tables(whole))
     assert chunked.batches.drop("first_ingested").equals(whole.batches.drop("first_ingested"))
@@ -161,7 +161,7 @@ def test_duplicates_across_chunk_boundaries_are_quarantined(demo_root, tmp_path)
 
 def test_at_most_one_chunk_of_rows_is_held_in_python(demo_root, monkeypatch):
     largest: dict[str, int] = {}
-    append = catalog_module._Table.append
+    append = spool_module.ChunkedTable.append
 
     def checked(self, row):
         number = append(self, row)
@@ -169,7 +169,7 @@ def test_at_most_one_chunk_of_rows_is_held_in_python(demo_root, monkeypatch):
         assert self._n_pending < self.chunk_rows  # flushed as soon as a chunk is full
         return number
 
-    monkeypatch.setattr(catalog_module._Table, "append", checked)
+    monkeypatch.setattr(spool_module.ChunkedTable, "append", checked)
     listing = list_studies(demo_root / "raw")
     result = catalog_from_listing(listing, progress=False, chunk_rows=4)
     assert largest and max(largest.values()) <= 3
@@ -185,7 +185,7 @@ def test_height_and_accounting_do_not_read_the_spool(demo_root, monkeypatch, tmp
     def no_load(self):
         raise AssertionError("a table was read back")
 
-    monkeypatch.setattr(catalog_module._SpooledTable, "load", no_load)
+    monkeypatch.setattr(spool_module.SpooledTable, "load", no_load)
     books = accounting(result)
     assert books["balanced"] and books["catalogued"] == result.height("images") + result.height("reports")
     monkeypatch.undo()
@@ -240,7 +240,7 @@ class _SameHash(str):
 def test_row_index_confirms_hash_matches_and_grows():
     keys = [_SameHash(f"key{i}") for i in range(40)] + [f"plain{i}" for i in range(3000)]
     table: list[str] = []
-    index = catalog_module._RowIndex(lambda row: table[row], capacity=4)
+    index = spool_module.RowIndex(lambda row: table[row], capacity=4)
     for key in keys:
         assert index.get(key) is None
         table.append(key)

@@ -12,13 +12,13 @@ import pytest
 
 from cxr_assets.ingest.catalog import (
     IMAGES_SCHEMA,
-    QUARANTINE_SCHEMA,
     STUDIES_SCHEMA,
     accounting,
     scan_layout,
     scan_mimic_layout,
     write_catalog,
 )
+from cxr_assets.schemas import QUARANTINE_SCHEMA
 from tests.ingest.conftest import (
     RG1_J2KR,
     RG1_UNCR,

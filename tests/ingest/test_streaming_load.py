@@ -236,7 +236,7 @@ def test_digest_index_is_exact():
 
 def _reference_parse(reports: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
     """parse_reports as it was before chunking (one Python dict per report)."""
-    from cxr_assets.ingest.catalog import QUARANTINE_SCHEMA
+    from cxr_assets.schemas import QUARANTINE_SCHEMA
 
     rows, quarantine = [], []
     for study in reports.iter_rows(named=True):

@@ -11,7 +11,6 @@ import pytest
 from cxr_assets.ingest.catalog import (
     BATCHES_SCHEMA,
     IMAGES_SCHEMA,
-    QUARANTINE_SCHEMA,
     REPORTS_SCHEMA,
     STUDIES_SCHEMA,
 )
@@ -24,6 +23,7 @@ from cxr_assets.quality.contracts import (
 )
 from cxr_assets.reports.profile import PROFILE_SCHEMA
 from cxr_assets.reports.sections import REPORT_TEXTS_SCHEMA
+from cxr_assets.schemas import QUARANTINE_SCHEMA
 
 CONTRACTS = Path(__file__).resolve().parents[2] / "data_contracts"
 N = 20

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from cxr_assets.quality.contracts import run_contract, schema_problems
+from cxr_assets.quality.contracts import CONTRACTS_DIR, run_contract, schema_problems
 from cxr_assets.quality.drift import (
     DRIFT_MEASURES,
     drift_overrides,
@@ -15,7 +15,6 @@ from cxr_assets.quality.drift import (
 )
 from cxr_assets.reports.labeler import LABELS_SCHEMA
 from cxr_assets.reports.variants import VARIANTS_SCHEMA, build_variants
-from cxr_assets.stages.contracts import CONTRACTS_DIR
 
 
 def _variants() -> pl.DataFrame:

@@ -1,4 +1,8 @@
-"""Joins the catalog tables into (image, report embedding, split) rows for CLIP stages."""
+"""Joins the catalog tables into (image, report embedding, split) rows for CLIP stages.
+
+CLIP training (`clip.from_catalog`), the study embeddings and the evaluations all pair images
+with reports this way, so the pairing lives with the model rather than in one stage.
+"""
 
 from __future__ import annotations
 

@@ -192,6 +192,29 @@ class ContrastiveParams(_Section):
     distill_teacher: Literal["minilm"] = Field("minilm", description="sentence-encoder teacher")
 
 
+class HeadTrainingParams(_Section):
+    """Stage three: the latent-attention head alone, on token states cached after the merge
+    (text/head_training.py); the pairs are stage two's."""
+
+    steps: int = Field(0, ge=0, description="0: the head trains only with the LoRA (stage two)")
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(100, ge=0, description="linear warm-up, then cosine decay to 0")
+    loss_scale: float = Field(20.0, gt=0, description="1 / temperature")
+    symmetric: bool = True
+    statement_scoring: Literal["pair_only", "label_aware"] = "label_aware"
+    distill_weight: float = Field(1.0, ge=0, description="KL to the teacher's in-batch "
+                                  "similarity distribution (the teacher's vectors are cached too)")
+    distill_teacher: Literal["minilm"] = "minilm"
+    tasks: list[str] | None = Field(None, description="pair tasks the head trains on (their texts "
+                                    "are run through the LLM once); null: every task of stage two")
+
+    def as_contrastive(self) -> ContrastiveParams:
+        """The same loop as stage two runs (contrastive_steps), with these settings."""
+        return ContrastiveParams(**self.model_dump(exclude={"tasks"}), hard_negatives=True,
+                                 finding_statements=True)
+
+
 class PostprocessParams(_Section):
     method: Literal["center_scale", "center", "none"] = Field(
         "center_scale", description="fitted on training reports, applied by TextEncoder.encode")
@@ -256,9 +279,18 @@ class TextEncoderParams(_Section):
     lora: LoraParams = LoraParams()
     mntp: MntpParams = MntpParams()
     contrastive: ContrastiveParams = ContrastiveParams()
+    head_training: HeadTrainingParams = HeadTrainingParams()
     corpus: TextCorpusParams = TextCorpusParams()
     evaluation: TextEvalParams = TextEvalParams()
     mlflow: bool = Field(True, description="log both adaptation stages and the evaluation to MLflow")
+
+    @model_validator(mode="after")
+    def _head_needs_a_head(self) -> TextEncoderParams:
+        if self.head_training.steps > 0 and self.pooling != "latent_attention":
+            raise ValueError(
+                f"head_training.steps is {self.head_training.steps} but pooling is "
+                f"{self.pooling!r}: only pooling 'latent_attention' has a head to train")
+        return self
 
 
 class ClipCheckpointParams(_Section):

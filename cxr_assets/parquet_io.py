@@ -2,17 +2,28 @@
 
 Stages that must not hold a whole table in memory (study_images, report_texts,
 report_embeddings) read and write through these, so the atomic tmp + rename rule of
-`stages.base.write_parquet` holds for streamed writes too.
+`cxr_assets.fileio` holds for streamed writes too. `write_parquet_atomic` is the one whole-frame
+atomic Parquet write (stages.base.write_parquet and the catalog use it).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Self
 
 import polars as pl
+
+from cxr_assets.fileio import atomic_path, move_into_place, temp_sibling
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
+    """Write a Polars frame as Parquet to a temporary sibling and rename, so readers never see
+    half a file (fileio.atomic_path: fsync + os.replace; on an error `path` is left as it was)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        frame.write_parquet(tmp)
+    return path
 
 
 def parquet_rows(path: Path) -> int:
@@ -42,7 +53,7 @@ def iter_parquet_chunks(
 
 
 class ParquetChunkWriter:
-    """Atomic Parquet write (tmp + rename, as base.write_parquet) of Polars frames that arrive one
+    """Atomic Parquet write (tmp + rename, as write_parquet_atomic) of Polars frames that arrive one
     at a time, all with one schema; each becomes a row group, so only the current one is in memory.
 
         with ParquetChunkWriter(path) as out:
@@ -56,7 +67,7 @@ class ParquetChunkWriter:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.tmp = temp_sibling(self.path)
         self.rows = 0
         self._writer = None
 
@@ -83,7 +94,7 @@ class ParquetChunkWriter:
             if kind is None:
                 if writer is None:
                     raise ValueError(f"no frames were written to {self.path}")
-                os.replace(self.tmp, self.path)
+                move_into_place(self.tmp, self.path)
         finally:
             self.tmp.unlink(missing_ok=True)
 

@@ -1,27 +1,21 @@
 """Failure alerts: one JSON line per failed run, and an optional webhook POST.
 
-`run_failure_alerts` appends {"run_id", "job", "failed_steps", "error", "time", ...} to
-`<paths.reports_dir>/alerts/failed_runs.jsonl` for every failed run of this code location, and
-POSTs the same JSON to $CXR_ALERT_WEBHOOK when it is set (Slack/Teams-style incoming webhook,
-or any HTTP endpoint). A webhook that is down is logged, never raised: the alert line is the
-record, and a sensor error would only hide the original failure.
+`run_failure_alerts` sends {"run_id", "job", "failed_steps", "error", "time", ...} for every
+failed run of this code location through the library's one alert path (`cxr_assets.alerts`):
+a line appended to `<paths.reports_dir>/alerts/failed_runs.jsonl`, and the same JSON POSTed to
+$CXR_ALERT_WEBHOOK when it is set. A webhook that is down is logged, never raised: the alert
+line is the record, and a sensor error would only hide the original failure.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
 from dagster import DefaultSensorStatus, RunFailureSensorContext, run_failure_sensor
 
+from cxr_assets.alerts import ALERTS_DIR, FAILED_RUNS, WEBHOOK_ENV, alerts_file, send_alert
 from dags_defs.resources import PipelineConfig
-
-WEBHOOK_ENV = "CXR_ALERT_WEBHOOK"
-WEBHOOK_TIMEOUT_S = 5.0
-ALERTS_FILE = Path("alerts") / "failed_runs.jsonl"
 
 
 def _first_line(text: str | None) -> str:
@@ -65,49 +59,27 @@ def alerts_path(pipeline: PipelineConfig) -> Path:
 
     try:
         _, paths = pipeline.load()
-        return paths.reports_dir / ALERTS_FILE
+        reports_dir = paths.reports_dir
     except Exception:  # noqa: BLE001 - never lose the alert over the config that broke the run
         root = Path(pipeline.root).resolve() if pipeline.root else project_root()
-        return root / "reports" / ALERTS_FILE
-
-
-def append_alert(path: Path, record: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    line = json.dumps(record, sort_keys=True, default=str) + "\n"
-    # One write of one line in append mode: concurrent writers never interleave within a line.
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line)
-    return path
-
-
-def post_webhook(url: str, record: dict, timeout: float = WEBHOOK_TIMEOUT_S) -> int:
-    """POST the record as JSON; returns the HTTP status (raises on network / HTTP errors)."""
-    body = json.dumps(record, sort_keys=True, default=str).encode("utf-8")
-    request = urllib.request.Request(
-        url, data=body, method="POST",
-        headers={"Content-Type": "application/json", "User-Agent": "cxr-alerts"},
-    )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return int(response.status)
+        reports_dir = root / "reports"
+    return alerts_file(reports_dir, FAILED_RUNS)
 
 
 @run_failure_sensor(
     name="run_failure_alerts",
-    description=f"Appends each failed run to <reports_dir>/{ALERTS_FILE.as_posix()} and POSTs it "
-    f"to ${WEBHOOK_ENV} when set.",
+    description=f"Appends each failed run to <reports_dir>/{ALERTS_DIR}/{FAILED_RUNS}.jsonl and "
+    f"POSTs it to ${WEBHOOK_ENV} when set.",
     default_status=DefaultSensorStatus.RUNNING,
 )
 def run_failure_alerts(context: RunFailureSensorContext, pipeline: PipelineConfig) -> None:
     record = failure_record(context)
-    path = append_alert(alerts_path(pipeline), record)
+    outcome = send_alert(alerts_path(pipeline), record)  # never raises for the webhook
     context.log.info(f"run {record['run_id']} ({record['job']}) failed: {record['error']}; "
-                     f"alert written to {path}")
-    url = os.environ.get(WEBHOOK_ENV, "").strip()
-    if not url:
-        return
-    try:
-        status = post_webhook(url, record)
-        context.log.info(f"alert for run {record['run_id']} posted to ${WEBHOOK_ENV} (HTTP {status})")
-    except Exception as error:  # noqa: BLE001 - a webhook outage must not fail the sensor
+                     f"alert written to {outcome.path}")
+    if outcome.webhook_failed:
         context.log.warning(f"alert webhook ${WEBHOOK_ENV} failed for run {record['run_id']}: "
-                            f"{type(error).__name__}: {error}")
+                            f"{outcome.webhook.removeprefix('failed: ')}")
+    elif outcome.webhook is not None:
+        context.log.info(f"alert for run {record['run_id']} posted to ${WEBHOOK_ENV} "
+                         f"({outcome.webhook})")

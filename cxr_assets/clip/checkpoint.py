@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from cxr_assets.fileio import dumps_json, replace_folder
+
 LAST, BEST = "last", "best"
 MODEL_FILE, EMA_FILE, STATE_FILE, META_FILE = (
     "model.safetensors", "ema.safetensors", "state.pt", "meta.json"
@@ -71,15 +73,8 @@ def save_checkpoint(
         save_file(_tensors(ema), str(tmp / EMA_FILE))
     if state is not None:
         torch.save(state, tmp / STATE_FILE)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
-    old = root / f".{name}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
+    (tmp / META_FILE).write_text(dumps_json(meta))
+    replace_folder(tmp, final, aside=root / f".{name}.old")  # find_checkpoint looks there too
     return final
 
 

@@ -12,7 +12,6 @@ embeddings table is assembled and written one chunk of reports at a time.
 from __future__ import annotations
 
 import hashlib
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from cxr_assets.fileio import atomic_path
 
 # Reports encoded and written per step: bounds memory (texts, token ids, vectors of one chunk).
 CHUNK_SIZE = 4096
@@ -69,9 +70,8 @@ class EmbeddingCache:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         table = pa.table({"text_hash": pa.array(keys, pa.string()),
                           "embedding": _fixed_size_list(vectors)})
-        tmp = shard.with_name(f".{shard.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, shard)
+        with atomic_path(shard) as tmp:
+            pq.write_table(table, tmp)
         for key in keys:
             self._shard_of.setdefault(key, shard)
         return shard

@@ -30,15 +30,11 @@ from tqdm.auto import tqdm
 
 from cxr_assets.failpoints import failpoint
 from cxr_assets.hashing import file_sha256
-from cxr_assets.ingest.catalog_db import (
-    CatalogWriteLock,
-    copy_file_atomic,
-    write_duckdb_tables,
-    write_parquet_atomic,
-)
+from cxr_assets.ingest.catalog_db import CatalogWriteLock, copy_file_atomic, write_duckdb_tables
 from cxr_assets.ingest.dicom import DicomError, DicomHeader
 from cxr_assets.ingest.listing import ImageRef, LayoutListing, ReportRef, StudyFiles
 from cxr_assets.ingest.spool import ChunkedTable, RowIndex, SpooledTable, SpoolMaker
+from cxr_assets.parquet_io import write_parquet_atomic
 from cxr_assets.schemas import QUARANTINE_SCHEMA
 
 STAGE = "raw_studies"

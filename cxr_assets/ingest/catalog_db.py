@@ -7,7 +7,6 @@ in `catalog.py` puts them together for an ingest run.
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import polars as pl
 
 from cxr_assets.failpoints import failpoint
+from cxr_assets.fileio import atomic_path
 
 SORTED_ROW_GROUP = 8192
 """Parquet row group of a table sorted from its chunks: DuckDB's sort buffers one row group of
@@ -36,31 +36,14 @@ def _sql_string(value: object) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def write_parquet_atomic(df: pl.DataFrame, path: Path) -> Path:
-    """Write Parquet to a temporary sibling and rename, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        df.write_parquet(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def copy_file_atomic(source: Path, path: Path) -> Path:
-    """Copy a file to a temporary sibling of `path` and rename, like write_parquet_atomic."""
+    """Copy a file to a temporary sibling of `path` and rename (fileio.atomic_path), like
+    parquet_io.write_parquet_atomic."""
     import shutil
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         shutil.copyfile(source, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import polars as pl
 from tqdm.auto import tqdm
 
+from cxr_assets.fileio import atomic_path
 from cxr_assets.schemas import QUARANTINE_SCHEMA
 
 STAGE = "study_images"
@@ -87,13 +88,10 @@ def _quantise(image: np.ndarray, bits: int):
 
 
 def _save_png_atomic(pil, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    try:
+    # No fsync per PNG: the cache holds thousands of small files rebuilt from the DICOMs, and a
+    # flush each would dominate the stage (the rename still keeps half-written files invisible).
+    with atomic_path(path, fsync=False) as tmp:
         pil.save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # Errors of the cache's file system, not of the image: quarantining the image would drop a

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cxr_assets.fileio import flatten
+
 if TYPE_CHECKING:
     import pandas
     import polars
@@ -42,17 +44,13 @@ class ContractResult:
 
 
 def flatten_overrides(values: Mapping | Any | None, prefix: str = "") -> dict[str, Any]:
-    """Nested mapping (or pydantic model) -> {"a.b": value}; a 2-item [low, high] also gives a.b_low / a.b_high."""
+    """Nested mapping (or pydantic model) -> {"a.b": value} (fileio.flatten, each key after
+    `prefix`); a 2-item [low, high] also gives a.b_low / a.b_high."""
     if values is None:
         return {}
-    if hasattr(values, "model_dump"):
-        values = values.model_dump()
     flat: dict[str, Any] = {}
-    for key, value in dict(values).items():
+    for key, value in flatten(values).items():
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) or hasattr(value, "model_dump"):
-            flat.update(flatten_overrides(value, f"{name}."))
-            continue
         flat[name] = value
         if isinstance(value, (list, tuple)) and len(value) == 2:
             flat[f"{name}_low"], flat[f"{name}_high"] = value

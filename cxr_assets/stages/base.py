@@ -7,16 +7,11 @@ them and exits non-zero when a blocking check failed (so `dvc repro` stops where
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cxr_assets.fileio import atomic_dir, write_json_atomic
 from cxr_assets.paths import MissingUpstreamError, require
 
 # `require` and its error live with the layout, since library code that reads the catalog
@@ -99,41 +94,18 @@ class StageResult:
         }
 
 
-@contextmanager
-def atomic_dir(target: Path) -> Iterator[Path]:
-    """Write a folder next to `target`, then swap it in: readers never see half a model."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        yield tmp
-        old = target.with_name(f".{target.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
+# The atomic writes live in cxr_assets.fileio / parquet_io (one home for every layer); stages
+# keep importing them from here under their stage names.
 def write_json(path: Path, payload: Any) -> Path:
     """Atomic JSON write (sorted keys so DVC hashes are stable for equal content)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, payload)
 
 
 def write_parquet(frame: Any, path: Path) -> Path:
     """Atomic Parquet write of a Polars frame."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    frame.write_parquet(tmp)
-    os.replace(tmp, path)
-    return path
+    from cxr_assets.parquet_io import write_parquet_atomic  # polars loads with the first write
+
+    return write_parquet_atomic(frame, path)
 
 
 def png_markdown(path: Path, title: str | None = None) -> str:

@@ -20,6 +20,7 @@ import polars as pl
 from cxr_assets.clip.from_catalog import report_encoder_hash, split_pairs, train_from_catalog
 from cxr_assets.clip.launch import Launcher, train_with_torchrun
 from cxr_assets.config import Params
+from cxr_assets.fileio import flatten
 from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import (
     Markdown,
@@ -135,7 +136,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True,
         })
         pl.DataFrame(result.history).write_csv(training / "clip_history.csv")
 
-        mlflow.log_params(_flat_params("clip", params.clip.model_dump()))
+        mlflow.log_params(flatten(params.clip.model_dump(), "clip"))  # clip.checkpoint.every_n_steps
         mlflow.log_params({
             "text_encoder.base_model": params.text_encoder.base_model,
             "text_encoder.hash": encoder_hash, "n_train_pairs": train.height,
@@ -175,17 +176,6 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True,
                 png_markdown(paths.clip_model_dir / curve.name, "training curves")),
         },
     )
-
-
-def _flat_params(prefix: str, values: dict) -> dict:
-    """Nested params -> MLflow's flat `clip.checkpoint.every_n_steps` keys."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            out.update(_flat_params(f"{prefix}.{key}", value))
-        else:
-            out[f"{prefix}.{key}"] = value
-    return out
 
 
 def _log_step_metrics(client, run_id: str, rows: list[dict]) -> None:

@@ -2,7 +2,8 @@
 
 Loads `models:/<name>@champion` through MLflow (the same pyfunc users load), embeds the current
 test split's images and reports, writes a dated report under reports/reevaluation/<date>/ and
-warns (check + alert file, and a JSON POST to `evaluation.alert_webhook` when set) when a
+warns (check + an alert through `cxr_assets.alerts`: a line in reports/alerts/drift.jsonl and a
+JSON POST to $CXR_ALERT_WEBHOOK when set) when a
 metric dropped by more than `evaluation.drift_tolerance` against the previous report. The report
 has the same sections as evaluation_report (CIs, report-level scores, style breakdown, zero-shot).
 A Dagster sensor re-runs it when a new data batch changes the catalog (`data_fingerprint`).
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 
+from cxr_assets.alerts import DRIFT, alerts_file, send_alert
 from cxr_assets.clip.pairs import one_image_per_study
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
@@ -39,20 +41,6 @@ def data_fingerprint(paths: ProjectPaths) -> str:
         stat = file.stat() if file.exists() else None
         digest.update(f"{file.name}:{stat.st_size if stat else -1}:{stat.st_mtime_ns if stat else -1};".encode())
     return digest.hexdigest()[:16]
-
-
-def post_webhook(url: str, payload: dict, timeout: float = 5.0) -> str:
-    """POST the alert as JSON; never raises (an unreachable hook must not hide the alert file)."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return f"sent ({response.status})"
-    except (urllib.error.URLError, OSError, ValueError) as error:
-        return f"failed: {error}"
 
 
 def previous_metrics(root: Path, today: str) -> tuple[str, dict] | None:
@@ -125,13 +113,12 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True, today: str |
                                    params.evaluation.recall_at, plot, suite.sections)
     (out / "report.md").write_text(markdown)
     (out / "report.html").write_text(html)
+    alert = None
     if dropped:
-        alert = {"date": today, "model": context["model"], "dropped": dropped,
-                 "tolerance": params.evaluation.drift_tolerance, "compared_with": before[0]}
-        if params.evaluation.alert_webhook:
-            alert["webhook"] = post_webhook(params.evaluation.alert_webhook, alert)
-        with (paths.reevaluation_dir / "ALERTS.jsonl").open("a") as fh:
-            fh.write(json.dumps(alert) + "\n")
+        alert = send_alert(alerts_file(paths.reports_dir, DRIFT),
+                           {"date": today, "model": context["model"], "dropped": dropped,
+                            "tolerance": params.evaluation.drift_tolerance,
+                            "compared_with": before[0]})
     return StageResult(
         "champion_reevaluation",
         {"report_dir": out},
@@ -142,6 +129,8 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True, today: str |
         [CheckOutcome(
             "no_metric_drift", not dropped, blocking=False,
             description=f"no watched metric dropped by more than {params.evaluation.drift_tolerance}",
-            metadata={"dropped": dropped or "none", "compared_with": context["compared with"]},
+            metadata={"dropped": dropped or "none", "compared_with": context["compared with"],
+                      **({"alert": alert.path, "webhook": alert.webhook or "not set"}
+                         if alert else {})},
         )],
     )

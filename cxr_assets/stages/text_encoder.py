@@ -25,7 +25,7 @@ from typing import Any
 
 import polars as pl
 
-from cxr_assets.config import Params
+from cxr_assets.config import Params, params_file
 from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import Markdown, StageResult, require
 
@@ -265,7 +265,8 @@ def log_to_mlflow(params: Params, paths: ProjectPaths, result: Any, data: Traini
                            "n_train_reports": len(data.texts)})
         mlflow.set_tags({"stage": "text_encoder", "encoder_hash": result.content_hash})
         for stage, losses in (("mntp", result.mntp_losses), ("simcse", result.simcse_losses),
-                              ("contrastive", result.contrastive_losses)):
+                              ("contrastive", result.contrastive_losses),
+                              ("head", result.head_losses)):
             for step, loss in enumerate(losses):
                 mlflow.log_metric(f"{stage}_loss", loss, step=step)
         if table is not None:
@@ -338,7 +339,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         shutil.copyfile(eval_files[0], result.release_dir / "evaluation.json")
         write_model_card(result.release_dir, params, result, data.source,
                          eval_files[1].read_text(),
-                         "CXR_PARAMS=params.release.yaml cxr stage text_encoder")
+                         f"CXR_PARAMS={params_file().name} cxr stage text_encoder")
     run_id = None
     if te.mlflow:
         run_id = log_to_mlflow(params, paths, result, data, table, eval_files)
@@ -357,6 +358,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         "mntp_fixed_batch_loss": ("skipped" if result.mntp_eval_loss is None else
                                   f"{result.mntp_eval_loss[0]:.3f} -> {result.mntp_eval_loss[1]:.3f}"),
         "contrastive_loss": first_last(result.contrastive_losses),
+        "head_loss": first_last(result.head_losses),
         "resumed_from": result.resumed_from or "fresh start",
         "init_from": te.init_from or "base model",
         "bidirectional": te.bidirectional,

@@ -9,8 +9,8 @@ from cxr_assets.text.adapt import AdaptationResult, adapt_text_encoder
 from cxr_assets.text.base_model import load_causal_lm, resolve_base_model, smollm2_gguf_path
 from cxr_assets.text.bidirectional import enable_bidirectional, is_bidirectional
 from cxr_assets.text.contrastive import train_contrastive
-from cxr_assets.text.encoder import TextEncoder
-from cxr_assets.text.llm2vec4cxr import is_llm2vec4cxr_folder, load_llm2vec4cxr
+from cxr_assets.text.encoder import TextEncoder, load_llm2vec4cxr
+from cxr_assets.text.llm2vec4cxr import is_llm2vec4cxr_folder
 from cxr_assets.text.mntp import train_mntp
 from cxr_assets.text.pooling import POOLING_MODES, make_latent_attention, pool
 from cxr_assets.text.tiny import make_tiny_causal_lm

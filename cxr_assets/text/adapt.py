@@ -42,6 +42,7 @@ class AdaptationResult:
     resumed_from: str | None = None
     release_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
+    head_losses: list[float] = field(default_factory=list)
 
 
 def seed_everything(seed: int) -> None:
@@ -194,7 +195,7 @@ def adapt_text_encoder(
     if params.pooling == "latent_attention":
         released_head = Path(params.init_from or "") / "pooling_head.safetensors"
         if params.init_from and released_head.is_file():
-            from cxr_assets.text.encoder import load_pooling_head
+            from cxr_assets.text.encoder_files import load_pooling_head
 
             head = load_pooling_head(released_head, int(model.config.hidden_size))
         else:
@@ -217,6 +218,7 @@ def adapt_text_encoder(
     contrastive_losses: list[float] = list(saved.get("contrastive_losses", [])) if saved else []
     mntp_eval: tuple[float, float] | None = saved.get("mntp_eval") if saved else None
     simcse_losses: list[float] = []
+    head_losses: list[float] = []
     try:
         if params.init_from:
             from cxr_assets.text.release import ADAPTERS_DIR
@@ -317,6 +319,9 @@ def adapt_text_encoder(
             save_adapter(peft_model, adapter_tmp / name, params.base_model)
             adapters[name] = adapter_tmp / name
         merged = peft_model.merge_and_unload()
+        if params.head_training.steps > 0:
+            head_losses = _train_head(merged, tokenizer, head, pairs, hard_negatives, tasks,
+                                      params, seed, progress, stage_log("head"))
 
         encoder = TextEncoder(merged, tokenizer, params.pooling, params.instruction,
                               params.max_length, base_model=params.base_model,
@@ -331,7 +336,7 @@ def adapt_text_encoder(
         if release_dir is not None:
             training = {"n_train_reports": len(reports), "n_pairs": len(pairs), "seed": seed,
                         "mntp_losses": mntp_losses, "contrastive_losses": contrastive_losses,
-                        "mntp_eval_loss": mntp_eval,
+                        "head_losses": head_losses, "mntp_eval_loss": mntp_eval,
                         "params": params.model_dump(exclude={"evaluation", "mlflow"})}
             write_release(Path(release_dir), encoder, adapters,
                           {"training.json": json.dumps(training, indent=2) + "\n"})
@@ -344,6 +349,7 @@ def adapt_text_encoder(
         mntp_losses=mntp_losses,
         contrastive_losses=contrastive_losses,
         simcse_losses=simcse_losses,
+        head_losses=head_losses,
         n_train_reports=len(reports),
         n_pairs=len(pairs),
         seconds=time.perf_counter() - start,
@@ -364,6 +370,10 @@ def _check_release(folder: Path, params: TextEncoderParams) -> Path:
             f"text_encoder.init_from {str(folder)!r} is not a release folder "
             "(encoder_config.json with format 'release')")
     stored = json.loads((folder / ENCODER_CONFIG).read_text())
+    if (stored.get("pooling") != "latent_attention" and params.pooling == "latent_attention"
+            and params.head_training.steps > 0):
+        # A release without a head: its body is kept and stage three fits a new head on it.
+        stored = {**stored, "pooling": "latent_attention"}
     for key, want in (("base_model", params.base_model), ("bidirectional", params.bidirectional),
                       ("pooling", params.pooling)):
         if stored.get(key, True if key == "bidirectional" else None) != want:
@@ -371,6 +381,32 @@ def _check_release(folder: Path, params: TextEncoderParams) -> Path:
                 f"text_encoder.init_from {str(folder)!r} was trained with {key}="
                 f"{stored.get(key)!r}, but text_encoder.{key} is {want!r}")
     return folder
+
+
+def _train_head(body: Any, tokenizer: Any, head: Any, pairs: list[tuple[str, str]],
+                hard_negatives: list[str | None] | None, tasks: list[str] | None,
+                params: TextEncoderParams, seed: int, progress: bool,
+                log: Callable[[int, float], None] | None) -> list[float]:
+    """Stage three: token states of the pairs' texts once, then the head alone on them."""
+    from cxr_assets.text.head_training import CachedTeacher, TokenStates, train_pooling_head
+
+    hp = params.head_training
+    keep = [i for i in range(len(pairs)) if tasks is None or hp.tasks is None or tasks[i] in hp.tasks]
+    if len(keep) < 2:
+        raise ValueError(f"head_training.tasks {hp.tasks} leave {len(keep)} pairs (need >= 2)")
+    pairs = [pairs[i] for i in keep]
+    hard_negatives = None if hard_negatives is None else [hard_negatives[i] for i in keep]
+    tasks = None if tasks is None else [tasks[i] for i in keep]
+    texts = [t for pair in pairs for t in pair] + [n for n in hard_negatives or [] if n]
+    states = TokenStates.compute(body, tokenizer, texts, params.max_length,
+                                 params.embed_batch_size, progress)
+    teacher = None
+    if hp.distill_weight > 0:
+        from cxr_assets.text.baselines import MiniLMEncoder
+
+        teacher = CachedTeacher(MiniLMEncoder(), texts)
+    return train_pooling_head(head, states, pairs, hp.as_contrastive(), seed + 3, hard_negatives,
+                              tasks, teacher, progress, log)
 
 
 def _gradient_checkpointing(peft_model: Any, enabled: bool) -> None:

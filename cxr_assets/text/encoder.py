@@ -13,7 +13,6 @@ pooling head, post-processing); `from_pretrained` rebuilds the full encoder from
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import uuid
@@ -22,45 +21,17 @@ from typing import Any
 
 import numpy as np
 
+from cxr_assets.fileio import replace_folder
+from cxr_assets.text.encoder_files import (
+    _HASH_FIELDS,
+    ENCODER_CONFIG,
+    POOLING_HEAD,
+    folder_hash,
+    load_pooling_head,
+    load_postprocess,
+    save_pooling_head,
+)
 from cxr_assets.text.postprocess import POSTPROCESS_FILE
-
-ENCODER_CONFIG = "encoder_config.json"
-POOLING_HEAD = "pooling_head.safetensors"
-_HASH_FIELDS = ("pooling", "instruction", "separator", "max_length", "base_model", "dim")
-# Settings added later default to their old behaviour when an older folder lacks them.
-_OPTIONAL_FIELDS = {"bidirectional": True}
-
-
-def folder_hash(folder: Path, settings: dict[str, Any]) -> str:
-    """Short sha256 (16 hex) over every top-level file of `folder` (but encoder_config.json) and `settings`."""
-    digest = hashlib.sha256()
-    files = sorted(
-        p
-        for p in Path(folder).iterdir()
-        if p.is_file() and p.name != ENCODER_CONFIG and not p.name.startswith(".")
-    )
-    for file in files:
-        digest.update(file.name.encode() + b"\0")
-        with open(file, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-        digest.update(b"\0")
-    hashed = {k: settings[k] for k in _HASH_FIELDS}
-    hashed.update({k: settings[k] for k, default in _OPTIONAL_FIELDS.items()
-                   if settings.get(k, default) != default})  # old hashes stay valid
-    digest.update(json.dumps(hashed, sort_keys=True).encode())
-    return digest.hexdigest()[:16]
-
-
-def _replace_folder(tmp: Path, target: Path) -> None:
-    """Move a fully written tmp folder to target, replacing any previous version."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
-        target.rename(old)
-    tmp.rename(target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 class TextEncoder:
@@ -196,7 +167,7 @@ class TextEncoder:
         path = Path(path)
         config_file = path / ENCODER_CONFIG
         if not config_file.is_file():
-            from cxr_assets.text.llm2vec4cxr import is_llm2vec4cxr_folder, load_llm2vec4cxr
+            from cxr_assets.text.llm2vec4cxr import is_llm2vec4cxr_folder
 
             if is_llm2vec4cxr_folder(path):
                 return load_llm2vec4cxr(path, dtype=dtype or "float32", threads=threads)
@@ -206,9 +177,13 @@ class TextEncoder:
             )
         stored = json.loads(config_file.read_text())
         if stored.get("format") == "release":
-            from cxr_assets.text.release import load_release
+            from cxr_assets.text.release import read_release
 
-            return load_release(path, dtype=dtype, threads=threads)
+            encoder = cls(**read_release(path, dtype=dtype, threads=threads))
+            if encoder.dim != stored.get("dim"):
+                raise ValueError(f"{path}: dim {stored.get('dim')} != the base model's hidden "
+                                 f"size {encoder.dim}")
+            return encoder
         missing = [k for k in (*_HASH_FIELDS, "content_hash") if k not in stored]
         if missing:
             raise ValueError(f"{config_file} lacks keys {missing}")
@@ -237,7 +212,7 @@ class TextEncoder:
             source_dir=path,
             pooling_head=head,
             bidirectional=bool(stored.get("bidirectional", True)),
-            postprocess=_load_postprocess(path),
+            postprocess=load_postprocess(path),
         )
         if encoder.dim != stored["dim"]:
             raise ValueError(
@@ -269,7 +244,7 @@ class TextEncoder:
             (tmp / ENCODER_CONFIG).write_text(
                 json.dumps({**settings, "content_hash": content_hash}, indent=2) + "\n"
             )
-            _replace_folder(tmp, path)
+            replace_folder(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -333,43 +308,23 @@ class TextEncoder:
         return out
 
 
-def _load_postprocess(folder: Path) -> Any:
-    from cxr_assets.text.postprocess import POSTPROCESS_FILE, EmbeddingPostprocess
+def load_llm2vec4cxr(
+    path: Path,
+    dtype: str = "float32",
+    threads: int | None = None,
+    instruction: str = "",
+    max_length: int | None = None,
+    num_heads: int | None = None,
+) -> TextEncoder:
+    """A TextEncoder (latent-attention pooling) from an LLM2Vec4CXR checkpoint folder (read by
+    `cxr_assets.text.llm2vec4cxr.read_llm2vec4cxr`; max_length defaults to the published 512).
 
-    file = Path(folder) / POSTPROCESS_FILE
-    return EmbeddingPostprocess.load(file) if file.is_file() else None
+    num_heads: the head count of the latent attention (not recoverable from the weights);
+    default from `llm2vec4cxr_config.json` / `latent_attention_config.json` if present, else 8.
+    """
+    from cxr_assets.text.llm2vec4cxr import DEFAULT_MAX_LENGTH, read_llm2vec4cxr
 
-
-def save_pooling_head(head: Any, file: Path) -> None:
-    """Write a latent-attention head as safetensors; its sizes go into the file's metadata."""
-    from safetensors.torch import save_file
-
-    from cxr_assets.text.postprocess import single_key_metadata
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}
-    meta = single_key_metadata("pooling_head", {"num_latents": head.num_latents,
-                                                "num_heads": head.num_heads,
-                                                "hidden_size": head.hidden_size})
-    save_file(tensors, str(file), metadata=meta)
-
-
-def load_pooling_head(file: Path, hidden_size: int) -> Any:
-    """Read a head written by save_pooling_head (sizes from its metadata), in float32."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from cxr_assets.text.pooling import make_latent_attention
-    from cxr_assets.text.postprocess import read_single_key_metadata
-
-    file = Path(file)
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: latent-attention pooling head missing")
-    with safe_open(str(file), "pt") as handle:
-        meta = read_single_key_metadata(handle.metadata(), "pooling_head")
-    try:
-        latents, heads = int(meta["num_latents"]), int(meta["num_heads"])
-    except KeyError as error:
-        raise ValueError(f"{file}: metadata lacks {error} (not written by save_pooling_head)") from None
-    head = make_latent_attention(hidden_size, latents, heads)
-    head.load_state_dict({k: v.float() for k, v in load_file(str(file)).items()})
-    return head.eval()
+    return TextEncoder(**read_llm2vec4cxr(
+        path, dtype=dtype, threads=threads, instruction=instruction,
+        max_length=DEFAULT_MAX_LENGTH if max_length is None else max_length, num_heads=num_heads,
+    ))

@@ -1,4 +1,5 @@
-"""Loading the public LLM2Vec4CXR checkpoint layout as a TextEncoder.
+"""Reading the public LLM2Vec4CXR checkpoint layout (the TextEncoder is built from it by
+`cxr_assets.text.encoder.load_llm2vec4cxr`, which `TextEncoder.from_pretrained` calls).
 
 The published checkpoint (lukeingawesome/llm2vec4cxr) is a `LLM2Vec4CXRModel`: a Llama bi-model
 (`LlamaBiModel`, i.e. a LlamaModel body whose weights are saved without a `model.` prefix) plus a
@@ -83,15 +84,16 @@ def _split_state(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return body, head
 
 
-def load_llm2vec4cxr(
+def read_llm2vec4cxr(
     path: Path,
     dtype: str = "float32",
     threads: int | None = None,
     instruction: str = "",
     max_length: int = DEFAULT_MAX_LENGTH,
     num_heads: int | None = None,
-) -> Any:
-    """A TextEncoder (latent-attention pooling) from an LLM2Vec4CXR checkpoint folder.
+) -> dict[str, Any]:
+    """The TextEncoder arguments (body, tokenizer, latent-attention head, settings) of an
+    LLM2Vec4CXR checkpoint folder: `TextEncoder(**read_llm2vec4cxr(path))`.
 
     num_heads: the head count of the latent attention (not recoverable from the weights);
     default from `llm2vec4cxr_config.json` / `latent_attention_config.json` if present, else 8.
@@ -100,7 +102,6 @@ def load_llm2vec4cxr(
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     from cxr_assets.text.base_model import torch_dtype
-    from cxr_assets.text.encoder import TextEncoder
     from cxr_assets.text.pooling import make_latent_attention
 
     path = Path(path)
@@ -143,16 +144,16 @@ def load_llm2vec4cxr(
     head.load_state_dict({k: v.float() for k, v in head_state.items()})
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return TextEncoder(
-        model,
-        tokenizer,
-        pooling="latent_attention",
-        instruction=instruction or extra.get("instruction", ""),
-        max_length=int(extra.get("max_length", max_length)),
-        base_model=f"llm2vec4cxr:{path}",
-        source_dir=path,
-        pooling_head=head,
-    )
+    return {
+        "model": model,
+        "tokenizer": tokenizer,
+        "pooling": "latent_attention",
+        "instruction": instruction or extra.get("instruction", ""),
+        "max_length": int(extra.get("max_length", max_length)),
+        "base_model": f"llm2vec4cxr:{path}",
+        "source_dir": path,
+        "pooling_head": head,
+    }
 
 
 def write_tiny_llm2vec4cxr(

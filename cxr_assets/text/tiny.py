@@ -10,6 +10,8 @@ import shutil
 import uuid
 from pathlib import Path
 
+from cxr_assets.fileio import replace_folder
+
 
 def _load_tokenizer(source: Path | None):
     from transformers import AutoTokenizer
@@ -71,9 +73,7 @@ def make_tiny_causal_lm(
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        replace_folder(tmp, out_dir)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

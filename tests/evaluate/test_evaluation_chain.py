@@ -29,11 +29,11 @@ def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, m
     torch.set_num_threads(1)
     write_params(tmp_path, tiny_params(tmp_path, tiny_llm, evaluation={
         "bootstrap_samples": 50, "subset_per_finding": 5, "search_hnsw_min_rows": 5,
-        "alert_webhook": "http://127.0.0.1:9/unreachable",
         # cross-site is off in the demo default (time); this chain keeps it covered
         "comparison": {"text_towers": ["adapted", "minilm", "minilm_finetuned", "raw_llm",
                                        "tfidf"], "cross_site": True}}))
     monkeypatch.setenv("CXR_PROJECT_ROOT", str(tmp_path))
+    monkeypatch.setenv("CXR_ALERT_WEBHOOK", "http://127.0.0.1:9/unreachable")  # a dead hook
     monkeypatch.chdir(tmp_path)
     params = load_params(tmp_path / "params.yaml")
     paths = ProjectPaths.from_params(params, tmp_path)
@@ -126,5 +126,6 @@ def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, m
     earlier.write_text(json.dumps(inflated))
     second = reevaluation.run(params, paths, progress=False, today="2030-01-02")
     assert second.checks[0].passed is False and not second.checks[0].blocking
-    alert = json.loads((tmp_path / "reports/reevaluation/ALERTS.jsonl").read_text().splitlines()[-1])
-    assert "mean_recall" in alert["dropped"] and alert["webhook"].startswith("failed")
+    alert = json.loads((tmp_path / "reports/alerts/drift.jsonl").read_text().splitlines()[-1])
+    assert "mean_recall" in alert["dropped"] and alert["date"] == "2030-01-02"
+    assert second.checks[0].metadata["webhook"].startswith("failed")  # reported, never raised

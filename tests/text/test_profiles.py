@@ -34,7 +34,18 @@ def test_release_profile_differs_only_in_paths_and_text_encoder() -> None:
         assert start != release.text_encoder.release_to
         assert (REPO / start / "encoder_config.json").is_file(), start
     assert release.paths.artifacts_dir != base.paths.artifacts_dir  # the demo's artifacts stay
-    raw = yaml.safe_load((REPO / "params.release.yaml").read_text())
     base_raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    changed = sorted(k for k in base_raw if raw[k] != base_raw[k])
-    assert changed == ["paths", "text_encoder"], f"params.release.yaml out of sync: {changed}"
+    for profile in ("params.release.yaml", "params.release_v3.yaml"):
+        raw = yaml.safe_load((REPO / profile).read_text())
+        changed = sorted(k for k in base_raw if raw[k] != base_raw[k])
+        assert changed == ["paths", "text_encoder"], f"{profile} out of sync: {changed}"
+
+
+def test_v3_profile_writes_the_committed_v3_release_from_v2() -> None:
+    """v3 (stage three: a latent-attention head on v2's body) is reproducible from its profile."""
+    v3 = load_params(REPO / "params.release_v3.yaml").text_encoder
+    v2 = load_params(REPO / "params.release.yaml").text_encoder
+    assert v3.init_from == v2.release_to and v3.release_to != v2.release_to
+    assert v3.pooling == "latent_attention" and v3.head_training.steps > 0
+    assert (REPO / v3.release_to / "pooling_head.safetensors").is_file()
+    assert "params.release_v3.yaml" in (REPO / v3.release_to / "MODEL_CARD.md").read_text()

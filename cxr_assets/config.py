@@ -410,7 +410,6 @@ class EvaluationParams(_Section):
     zero_shot: bool = Field(True, description="zero-shot AUC per observation (needs the labeler)")
     search_hnsw_min_rows: int = Field(
         10_000, ge=1, description="the embedding table gets an HNSW index from this many rows")
-    alert_webhook: str | None = Field(None, description="URL that receives drift alerts as JSON POST")
     comparison: ComparisonParams = ComparisonParams()
 
 

@@ -136,7 +136,7 @@ def test_five_by_n_subset_is_exclusive_and_seeded():
     (0.40, None, {}, {}, True),
 ])
 def test_promotion_rule_with_robustness_tolerance(challenger, champion, robust_new, robust_old, promote):
-    from cxr_assets.stages.champion_model import decide
+    from cxr_assets.registry.promotion import decide
 
     ok, reason = decide(challenger, champion, 0.0, robust_new, robust_old, tolerance=0.05)
     assert ok is promote, reason

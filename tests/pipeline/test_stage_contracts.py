@@ -64,6 +64,6 @@ def test_repository_params_file_is_valid():
     (0.36, 0.30, 0.05, True),
 ])
 def test_promotion_decision(challenger, champion, margin, promote):
-    from cxr_assets.stages.champion_model import decide
+    from cxr_assets.registry.promotion import decide
 
     assert decide(challenger, champion, margin)[0] is promote

@@ -39,6 +39,27 @@ def one_image_per_study(pairs: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def test_pool(paths: ProjectPaths, images: pl.DataFrame | None = None,
+              split: str = "test") -> pl.DataFrame:
+    """The pairs a model is scored on: one image per study of `split` (`one_image_per_study`)
+    with the study's report_for_training, sorted by study_id.
+
+    `images` are the candidate image rows (study_id, image_id, view_position, ...); by default
+    the stored study_embeddings (one image per study, both embeddings, what evaluation_report
+    scores). Re-evaluation passes the catalogued study_images instead, to embed them again with
+    the champion; any other table or split scores another pool the same way.
+    """
+    if images is None:
+        images = pl.read_parquet(paths.study_embeddings_table)
+    if "split" in images.columns:
+        images = images.filter(pl.col("split") == split)
+    else:
+        chosen = pl.read_parquet(paths.splits_table).filter(pl.col("split") == split)
+        images = images.join(chosen.select("study_id"), on="study_id", how="semi")
+    reports = pl.read_parquet(paths.report_texts_table).select("study_id", "report_for_training")
+    return one_image_per_study(images).join(reports, on="study_id", how="inner").sort("study_id")
+
+
 def positive_keys(pairs: pl.DataFrame, positives: str, paths: ProjectPaths) -> list | None:
     """One key per pair for `clip.positives` (equal keys = in-batch positives); None if paired.
 

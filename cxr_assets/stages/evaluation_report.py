@@ -21,12 +21,6 @@ from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import Markdown, StageResult, png_markdown, require, write_json
 
 
-def test_pool(paths: ProjectPaths) -> pl.DataFrame:
-    embeddings = pl.read_parquet(paths.study_embeddings_table).filter(pl.col("split") == "test")
-    reports = pl.read_parquet(paths.report_texts_table).select("study_id", "report_for_training")
-    return embeddings.join(reports, on="study_id", how="inner").sort("study_id")
-
-
 def read_profile(paths: ProjectPaths) -> pl.DataFrame | None:
     """report_profile columns used for the style breakdown (None before report_profile ran)."""
     if not paths.report_profile_table.is_file():
@@ -57,6 +51,7 @@ def tag_version(params: Params, model_name: str, version: str, metrics: dict[str
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
     import mlflow
 
+    from cxr_assets.clip.pairs import test_pool
     from cxr_assets.embed.search import LocalEncoder
     from cxr_assets.evaluate.labels import load_labeler
     from cxr_assets.evaluate.plots import plot_recall_curve

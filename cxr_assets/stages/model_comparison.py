@@ -136,7 +136,7 @@ def _train_and_embed(params: Params, paths: ProjectPaths, train: pl.DataFrame, v
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
     import mlflow
 
-    from cxr_assets.clip.pairs import one_image_per_study
+    from cxr_assets.clip.pairs import one_image_per_study, test_pool
     from cxr_assets.evaluate.comparison import (
         comparison_markdown,
         cross_site_split,
@@ -145,7 +145,6 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         site_table,
     )
     from cxr_assets.registry.tracking import configure_mlflow
-    from cxr_assets.stages.evaluation_report import test_pool
 
     require("model_comparison", {
         "study_embeddings": [paths.study_embeddings_table],

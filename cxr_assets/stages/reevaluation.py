@@ -20,7 +20,7 @@ import pandas as pd
 import polars as pl
 
 from cxr_assets.alerts import DRIFT, alerts_file, send_alert
-from cxr_assets.clip.pairs import one_image_per_study
+from cxr_assets.clip.pairs import test_pool
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import CheckOutcome, Markdown, StageResult, require, write_json
@@ -77,9 +77,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True, today: str |
     model = mlflow.pyfunc.load_model(model_uri(name, CHAMPION))
 
     images = pl.read_parquet(paths.study_images_table).select("image_id", "study_id", "view_position", "cache_path")
-    test = pl.read_parquet(paths.splits_table).filter(pl.col("split") == "test").select("study_id")
-    reports = pl.read_parquet(paths.report_texts_table).select("study_id", "report_for_training")
-    pool = one_image_per_study(images.join(test, on="study_id").join(reports, on="study_id").sort("study_id"))
+    pool = test_pool(paths, images)  # the catalogued test images, embedded again by the champion
     if pool.height < 2:
         raise ValueError(f"re-evaluation: the test split has {pool.height} studies; need >= 2")
     texts = pool["report_for_training"].fill_null("").to_list()

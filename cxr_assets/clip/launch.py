@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,36 @@ def train_with_torchrun(params, paths, launcher: Launcher | None = None):
         resumed_from_step=summary["resumed_from_step"], world_size=summary["world_size"])
     shutil.rmtree(work, ignore_errors=True)
     return result, steps
+
+
+@dataclass
+class TrainedClip:
+    """A finished clip_model training: the result, the pairs it used, the report encoder's
+    hash and the per-step metrics (rows with a `step` key)."""
+
+    result: Any  # clip.train.ClipTrainResult
+    train: Any  # polars DataFrame of the training pairs
+    val: Any
+    encoder_hash: str
+    step_metrics: list[dict]
+
+
+def train_clip_model(params, paths, progress: bool = True,
+                     launcher: Launcher | None = None) -> TrainedClip:
+    """Train on the catalog's pairs: under torchrun when clip.distributed.nproc_per_node > 1
+    (unless this process already is a torchrun rank), else in this process."""
+    from cxr_assets.clip.from_catalog import report_encoder_hash, split_pairs, train_from_catalog
+
+    step_metrics: list[dict] = []
+    if params.clip.distributed.nproc_per_node > 1 and "WORLD_SIZE" not in os.environ:
+        train, val = split_pairs(paths)
+        encoder_hash = report_encoder_hash(paths)
+        result, step_metrics = train_with_torchrun(params, paths, launcher)
+    else:
+        result, train, val, encoder_hash = train_from_catalog(
+            params, paths, progress,
+            log_fn=lambda step, metrics: step_metrics.append({"step": step, **metrics}))
+    return TrainedClip(result, train, val, encoder_hash, step_metrics)
 
 
 def _pipes():

@@ -13,14 +13,11 @@ CI of mean recall, so small test pools are read with their uncertainty.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-
-TrainFn = Callable[[pl.DataFrame, pl.DataFrame, np.ndarray, np.ndarray], object]
 
 
 @dataclass
@@ -152,3 +149,111 @@ def plot_comparison(cells: list[ComparisonCell], out_png: Path) -> Path:
     axes.set_title("Text towers at the same CLIP budget (dashed: chance)")
     axes.legend(fontsize=8)
     return _save(figure, out_png)
+
+
+# --------------------------------------------------------------------------- the whole comparison
+def comparison_pairs(paths) -> pl.DataFrame:
+    """One row per cached image with its study's split and report text (`report`), by study."""
+    reports = pl.read_parquet(paths.report_texts_table).select(
+        "study_id", pl.col("report_for_training").fill_null("").alias("report"))
+    return (pl.read_parquet(paths.study_images_table).select("image_id", "study_id", "view_position", "cache_path")
+            .join(pl.read_parquet(paths.splits_table).select("study_id", "split"), on="study_id")
+            .join(reports, on="study_id").sort("study_id", "image_id"))
+
+
+def train_and_embed(params, paths, train: pl.DataFrame, val: pl.DataFrame, held: pl.DataFrame,
+                    emb: dict[str, np.ndarray], progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Train CLIP on (train, val) rows and embed the held-out rows' images and reports.
+
+    Same budget and in-batch positives (clip.positives) as clip_model, so towers differ only
+    in their report embeddings (`emb`: study_id -> report embedding).
+    """
+    from cxr_assets.clip.pairs import positive_keys
+    from cxr_assets.clip.train import train_clip
+    from cxr_assets.embed.images import embed_images, embed_texts
+
+    c = params.clip
+    budget = c.model_copy(update={
+        "text_tower": "cached", "epochs": params.evaluation.comparison.epochs or c.epochs,
+        "distributed": c.distributed.model_copy(update={"nproc_per_node": 1}),
+        "checkpoint": c.checkpoint.model_copy(update={"every_n_steps": 0, "resume": False})})
+
+    def rows(frame: pl.DataFrame) -> np.ndarray:
+        return np.stack([emb[s] for s in frame["study_id"].to_list()]) if frame.height else \
+            np.zeros((0, len(next(iter(emb.values())))), np.float32)
+
+    result = train_clip([Path(p) for p in train["cache_path"]], rows(train),
+                        [Path(p) for p in val["cache_path"]], rows(val), budget,
+                        text_encoder_hash="comparison", seed=params.project.seed, progress=progress,
+                        train_groups=positive_keys(train, c.positives, paths),
+                        val_groups=positive_keys(val, c.positives, paths))
+    images = embed_images(result.model, [Path(p) for p in held["cache_path"]], progress=False)
+    return images, embed_texts(result.model, rows(held))
+
+
+def compare_towers(params, paths, pairs: pl.DataFrame, studies: pl.DataFrame,
+                   embeddings: dict[str, dict[str, np.ndarray]], progress: bool
+                   ) -> tuple[list[ComparisonCell], list[str]]:
+    """Every tower in-domain, then (evaluation.comparison.cross_site) without each held-out
+    site: (cells, notes). `pairs` from `comparison_pairs`, `studies` one row per study of them,
+    `embeddings` tower -> study_id -> report embedding. The in-domain `adapted` row is the
+    clip_model of this run itself, scored on evaluation_report's test pool."""
+    from cxr_assets.clip.pairs import one_image_per_study, test_pool
+
+    cfg, ev = params.evaluation.comparison, params.evaluation
+    seed, ks = params.project.seed, list(ev.recall_at)
+
+    def cell(tower, protocol, n_train, held, image_emb, text_emb):
+        return evaluate_cell(tower, protocol, n_train, image_emb, text_emb, held["report"].to_list(),
+                             held["study_id"].to_list(), ks, ev.bootstrap_samples, seed)
+
+    budget = (f"CLIP budget: {cfg.epochs or params.clip.epochs} epochs, batch "
+              f"{params.clip.batch_size}, lr {params.clip.lr}, backbone "
+              f"{params.clip.vision_backbone} at {params.clip.image_size} px, seed {seed}")
+    cells, notes = [], [budget]
+    train, val = pairs.filter(pl.col("split") == "train"), pairs.filter(pl.col("split") == "val")
+    test = one_image_per_study(pairs.filter(pl.col("split") == "test"))
+    for tower in cfg.text_towers:
+        if tower == "adapted":  # the clip_model of this run, on the evaluation_report's test pool
+            pool = test_pool(paths).rename({"report_for_training": "report"})
+            cells.append(cell("adapted", "in_domain", train.height, pool,
+                              np.asarray(pool["image_embedding"].to_list(), np.float32),
+                              np.asarray(pool["report_embedding"].to_list(), np.float32)))
+            continue
+        image_emb, text_emb = train_and_embed(params, paths, train, val, test, embeddings[tower], progress)
+        cells.append(cell(tower, "in_domain", train.height, test, image_emb, text_emb))
+
+    if cfg.cross_site:
+        sites_csv = paths.at(cfg.sites_csv) if cfg.sites_csv else None
+        sites = site_table(pl.read_parquet(paths.catalog_dir / "studies.parquet"), cfg.site_column,
+                           sites_csv, cfg.sites_csv_study_prefix)
+        present = sorted(set(sites.join(studies, on="study_id")["site"].drop_nulls().to_list()))
+        holdouts = cfg.holdout_sites or present
+        if len(present) < 2:
+            notes.append(f"cross-site skipped: one site only ({present}) in column {cfg.site_column!r}")
+            holdouts = []
+        for site in holdouts:
+            site_train, site_val, held = cross_site_split(pairs, sites, site)
+            held = one_image_per_study(held)
+            for tower in cfg.text_towers:
+                image_emb, text_emb = train_and_embed(params, paths, site_train, site_val, held,
+                                                      embeddings[tower], progress)
+                cells.append(cell(tower, f"cross_site:{site}", site_train.height, held, image_emb, text_emb))
+    return cells, notes
+
+
+def cell_metrics(cells: list[ComparisonCell]) -> dict[str, float]:
+    """metrics.json of the comparison: `<protocol>/<tower>/mean_recall` per cell."""
+    return {f"{c.protocol.replace(':', '_')}/{c.tower}/mean_recall": round(c.metrics["mean_recall"], 6)
+            for c in cells}
+
+
+def adapted_wins(cells: list[ComparisonCell]) -> tuple[int, int]:
+    """(protocols where the adapted tower beats every baseline, protocols with both)."""
+    adapted = {c.protocol: c.metrics["mean_recall"] for c in cells if c.tower == "adapted"}
+    best_other: dict[str, float] = {}
+    for c in cells:
+        if c.tower != "adapted":
+            best_other[c.protocol] = max(best_other.get(c.protocol, float("-inf")), c.metrics["mean_recall"])
+    compared = [p for p in adapted if p in best_other]
+    return sum(adapted[p] > best_other[p] for p in compared), len(compared)

@@ -22,6 +22,13 @@ HEADLINE = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", 
 
 
 @dataclass
+class WrittenReport:
+    metrics: dict[str, float]  # what metrics.json holds: 6 decimals, NaN left out
+    markdown: str
+    recall_plot: Path
+
+
+@dataclass
 class SuiteResult:
     evaluation: object  # report.Evaluation: ranks, worst examples, retrieval metrics
     metrics: dict[str, float]
@@ -197,3 +204,22 @@ def run_suite(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[str], stu
     if notes:
         sections.append("## Notes\n\n" + "\n".join(f"- {n}" for n in notes))
     return SuiteResult(evaluation, metrics, sections, result_plots, notes)
+
+
+def write_report(suite: SuiteResult, title: str, context: dict[str, str], ev,
+                 out_dir: Path) -> WrittenReport:
+    """recall_at_k.png, metrics.json, report.md and report.html of an evaluated pool into
+    `out_dir` (evaluation_report and re-evaluation write the same report)."""
+    from cxr_assets.evaluate.plots import plot_recall_curve
+    from cxr_assets.evaluate.report import render_report
+    from cxr_assets.fileio import write_json_atomic
+
+    evaluation = suite.evaluation
+    plot = plot_recall_curve({"image->report": evaluation.i2t_ranks,
+                              "report->image": evaluation.t2i_ranks}, out_dir / "recall_at_k.png")
+    metrics = {k: round(float(v), 6) for k, v in suite.metrics.items() if not np.isnan(v)}
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    markdown, html = render_report(title, evaluation, context, ev.recall_at, plot, suite.sections)
+    (out_dir / "report.md").write_text(markdown)
+    (out_dir / "report.html").write_text(html)
+    return WrittenReport(metrics, markdown, plot)

@@ -99,3 +99,32 @@ def log_clip_pyfunc(text_encoder_dir: Path, clip_model_dir: Path, model_name: st
         pip_requirements=PIP_REQUIREMENTS,
         registered_model_name=model_name,
     )
+
+
+def load_champion(client, model_name: str):
+    """(the model version holding the `champion` alias, its pyfunc loaded through MLflow: the
+    same model users load); LookupError when no version holds the alias."""
+    from cxr_assets.registry.tracking import CHAMPION, model_uri, version_by_alias
+
+    champion = version_by_alias(client, model_name, CHAMPION)
+    if champion is None:
+        raise LookupError(f"no version of model {model_name!r} has the alias '{CHAMPION}': "
+                          "run the main job first")
+    return champion, mlflow.pyfunc.load_model(model_uri(model_name, CHAMPION))
+
+
+def embed_pairs(model, image_paths: list[str], texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (image embeddings, text embeddings) of paired rows, through a loaded pyfunc."""
+    predicted = model.predict(pd.DataFrame({"image_path": image_paths, "report_text": texts}))
+    return (np.asarray(predicted["image_embedding"].tolist(), dtype=np.float32),
+            np.asarray(predicted["text_embedding"].tolist(), dtype=np.float32))
+
+
+def text_embedder(model):
+    """texts -> float32 text embeddings through a loaded pyfunc (zero-shot prompts)."""
+
+    def embed(texts: list[str]) -> np.ndarray:
+        embedded = model.predict(pd.DataFrame({"report_text": texts}))
+        return np.asarray(embedded["text_embedding"].tolist(), dtype=np.float32)
+
+    return embed

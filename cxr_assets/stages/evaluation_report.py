@@ -6,7 +6,8 @@ scores of the top-1 retrieved report (ROUGE-L, BLEU-4, labeler F1 per observatio
 5x200-style subset; zero-shot AUC per observation with prompt ensembles and their sensitivity;
 everything broken down by report style. Written to reports/evaluation as Markdown and HTML with
 plots, registered with DVC as metrics and plots, logged to the model's MLflow run, and the
-metrics promotion compares are tagged on the registered model version.
+metrics promotion compares are tagged on the registered model version
+(`registry/run_logging.py`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ import polars as pl
 
 from cxr_assets.config import Params
 from cxr_assets.paths import ProjectPaths
-from cxr_assets.stages.base import Markdown, StageResult, png_markdown, require, write_json
+from cxr_assets.stages.base import Markdown, StageResult, png_markdown, require
+
+HEADLINE = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_mean_rank",
+            "t2i_mean_rank", "i2t_median_rank", "t2i_median_rank", "mean_recall", "n_pairs",
+            "report/rouge_l", "report/bleu4", "report/f1_micro", "report/f1_macro",
+            "zeroshot/mean_auc", "zeroshot/prompt_spread", "subset5x200/mean_recall")
 
 
 def read_profile(paths: ProjectPaths) -> pl.DataFrame | None:
@@ -28,35 +34,13 @@ def read_profile(paths: ProjectPaths) -> pl.DataFrame | None:
     return pl.read_parquet(paths.report_profile_table)
 
 
-def mlflow_key(key: str) -> str:
-    """metrics.json key -> a valid MLflow metric name (no '@', '=' or other punctuation)."""
-    import re
-
-    return re.sub(r"[^\w./ -]", "_", "test_" + key.replace("@", "_at_"))
-
-
-def tag_version(params: Params, model_name: str, version: str, metrics: dict[str, float]) -> None:
-    """Tag the registered version with what promotion compares (primary + robustness metrics)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    watched = [params.evaluation.primary_metric, *params.registry.robustness_metrics]
-    for key in watched:
-        if key in metrics:
-            client.set_model_version_tag(model_name, version, key, str(metrics[key]))
-    client.set_model_version_tag(model_name, version, "evaluation_metrics", json.dumps(
-        {k: metrics[k] for k in watched if k in metrics}, sort_keys=True))
-
-
 def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResult:
-    import mlflow
-
     from cxr_assets.clip.pairs import test_pool
     from cxr_assets.embed.search import LocalEncoder
     from cxr_assets.evaluate.labels import load_labeler
-    from cxr_assets.evaluate.plots import plot_recall_curve
-    from cxr_assets.evaluate.report import recall_curve_table, render_report
-    from cxr_assets.evaluate.suite import run_suite
+    from cxr_assets.evaluate.report import recall_curve_table
+    from cxr_assets.evaluate.suite import run_suite, write_report
+    from cxr_assets.registry.run_logging import log_evaluation
     from cxr_assets.registry.tracking import configure_mlflow
 
     require("evaluation_report", {"study_embeddings": [paths.study_embeddings_table],
@@ -78,40 +62,26 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         pool["report_for_training"].fill_null("").to_list(), pool["study_id"].to_list(),
         ev, out, params.project.seed, profile=read_profile(paths), labeler=labeler, embed_texts=embed_texts,
     )
-    evaluation = suite.evaluation
-    plot = plot_recall_curve({"image->report": evaluation.i2t_ranks,
-                              "report->image": evaluation.t2i_ranks}, out / "recall_at_k.png")
-    recall_curve_table(evaluation).write_csv(out / "recall_at_k.csv")
-    metrics = {k: round(float(v), 6) for k, v in suite.metrics.items() if not np.isnan(v)}
-    write_json(out / "metrics.json", metrics)
     context = {"model": f"{registry['model_name']} v{registry['version']}",
                "MLflow run": registry["run_id"], "split": "test", "labels": labeler_note}
-    markdown, html = render_report("Chest X-ray image-report retrieval", evaluation, context,
-                                   ev.recall_at, plot, suite.sections)
-    (out / "report.md").write_text(markdown)
-    (out / "report.html").write_text(html)
+    report = write_report(suite, "Chest X-ray image-report retrieval", context, ev, out)
+    recall_curve_table(suite.evaluation).write_csv(out / "recall_at_k.csv")
+    metrics = report.metrics
 
     configure_mlflow(params, paths)
-    with mlflow.start_run(run_id=registry["run_id"]):
-        mlflow.log_metrics({mlflow_key(k): v for k, v in metrics.items()})
-        mlflow.log_artifacts(str(out), artifact_path="evaluation")
-    tag_version(params, registry["model_name"], str(registry["version"]), metrics)
-    headline = ("i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10", "i2t_mean_rank",
-                "t2i_mean_rank", "i2t_median_rank", "t2i_median_rank", "mean_recall", "n_pairs",
-                "report/rouge_l", "report/bleu4", "report/f1_micro", "report/f1_macro",
-                "zeroshot/mean_auc", "zeroshot/prompt_spread", "subset5x200/mean_recall")
+    log_evaluation(params, registry, metrics, out)
     plots = {f"{name}_plot": Markdown(png_markdown(path, name.replace("_", " ")))
              for name, path in suite.plots.items()}
     return StageResult(
         "evaluation_report",
         {"evaluation_dir": out},
         {
-            **{k: metrics[k] for k in headline if k in metrics},
+            **{k: metrics[k] for k in HEADLINE if k in metrics},
             "model_version": context["model"],
             "report_html": out / "report.html",
             "notes": "; ".join(suite.notes) or "none",
-            "report": Markdown(markdown.split("![recall at K]")[0]),
-            "recall_plot": Markdown(png_markdown(plot, "recall@K")),
+            "report": Markdown(report.markdown.split("![recall at K]")[0]),
+            "recall_plot": Markdown(png_markdown(report.recall_plot, "recall@K")),
             **plots,
         },
     )

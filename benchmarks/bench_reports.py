@@ -3,7 +3,7 @@
 1. Throughput: the real IU reports (../shared/data/iu_xray/indiana_reports.csv) replicated to
    N reports (default 100,000; BENCH_REPORTS_N to change) go through the same code the
    report_texts and report_profile stages run: section splitting + normalisation
-   (parse_iu_csv's per-row path), the CheXpert labeler and the style profile. Each report is
+   (the report_texts stage's per-row path), the CheXpert labeler and the style profile. Each report is
    processed from scratch (no caching of repeated texts), so replication does not flatter it.
    Target: >= 1,000 reports/s on a 2-core machine.
 2. Agreement: our labeler against the CheXpert labeler's expected output
@@ -28,7 +28,9 @@ TARGET = 1000.0
 def _replicated_iu(n: int):
     import polars as pl
 
-    frame = pl.read_csv(IU_CSV, infer_schema_length=0)
+    from cxr_assets.ingest.layouts.iu_xray import read_reports_csv
+
+    frame = read_reports_csv(IU_CSV)
     reps = -(-n // frame.height)
     return pl.concat([frame] * reps).head(n).with_row_index("row")
 

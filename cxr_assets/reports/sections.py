@@ -195,11 +195,6 @@ def read_report_file(path: Path) -> tuple[str, str]:
     return decode_report_bytes(data, str(path))
 
 
-def read_report(path: Path) -> str:
-    """Read a report as text (UTF-8, then cp1252, then latin-1), newlines normalised to \\n."""
-    return read_report_file(path)[0]
-
-
 def openi_xml_text(xml: str | bytes, where: str = "<xml>") -> str:
     """An OpenI (IU) XML report as headed text: "COMPARISON: ...\nFINDINGS: ...".
 
@@ -236,28 +231,6 @@ def text_from_columns(**sections: str | None) -> str:
         header = name.replace("section_", "").replace("_", " ").upper()
         lines.append(f"{header}: {' '.join(str(body).split())}")
     return "\n".join(lines)
-
-
-def parse_iu_csv(csv_path: Path, source: str = "iu_xray") -> pl.DataFrame:
-    """The IU/OpenI Kaggle CSV (uid, indication, comparison, findings, impression) as a
-    report_texts table (study_id = patient_id = "CXR<uid>", the OpenI id). Rows whose findings
-    and impression are both empty are dropped."""
-    frame = pl.read_csv(csv_path, infer_schema_length=0)
-    missing = {"uid", "findings", "impression"} - set(frame.columns)
-    if missing:
-        raise ValueError(f"{csv_path}: IU reports CSV lacks column(s) {sorted(missing)}")
-    rows = []
-    for row in frame.iter_rows(named=True):
-        text = text_from_columns(indication=row.get("indication"), comparison=row.get("comparison"),
-                                 findings=row.get("findings"), impression=row.get("impression"))
-        sections = split_sections(text) if text else {}
-        train_text = training_text(sections) if text else None
-        if train_text is None:
-            continue
-        uid = f"CXR{row['uid']}"
-        rows.append({"study_id": uid, "patient_id": uid, "source": source, "report_text": text,
-                     **sections, "report_for_training": train_text, "n_chars": len(train_text)})
-    return pl.DataFrame(rows, schema=REPORT_TEXTS_SCHEMA)
 
 
 REPORT_TEXTS_SCHEMA: dict[str, pl.DataType] = {

@@ -60,13 +60,12 @@ def load_iu_reports(csv: Path, salt: str, heldout_fraction: float) -> pl.DataFra
     split ('train', 'heldout', or 'train_duplicate' for a training-side report whose text also
     occurs on the held-out side: never trained on, so no held-out text is ever seen in training);
     rows without any text are dropped."""
+    from cxr_assets.ingest.layouts.iu_xray import read_reports_csv
+
     csv = Path(csv)
     if not csv.is_file():
         raise FileNotFoundError(f"IU reports CSV not found: {csv}")
-    raw = pl.read_csv(csv, infer_schema_length=0)
-    missing = {"uid", "findings", "impression"} - set(raw.columns)
-    if missing:
-        raise ValueError(f"{csv}: missing column(s) {sorted(missing)}")
+    raw = read_reports_csv(csv)  # the one IU CSV reader; it checks the columns
     rows = []
     for row in raw.iter_rows(named=True):
         findings, impression = _clean(row["findings"]), _clean(row["impression"])

@@ -9,7 +9,6 @@ from cxr_assets.reports.sections import (
     REPORT_TEXTS_SCHEMA,
     ReportError,
     openi_xml_text,
-    parse_iu_csv,
     parse_reports,
     split_sections,
     text_from_columns,
@@ -60,8 +59,30 @@ def test_real_openi_xml_through_parse_reports():
 
 @pytest.mark.skipif(not IU_CSV.is_file(), reason="shared IU data not available")
 def test_iu_csv_table():
-    table = parse_iu_csv(IU_CSV)
+    """The IU reports CSV through the one IU reader, its columns as headed text, then split like
+    any catalogued report (what ingesting the iu_xray layout does)."""
+    from cxr_assets.ingest.layouts.iu_xray import SECTIONS, read_reports_csv
+
+    frame = read_reports_csv(IU_CSV)
+    ids = [f"CXR{uid}" for uid in frame["uid"].to_list()]
+    texts = [text_from_columns(**{s: row[s] for s in SECTIONS})
+             for row in frame.iter_rows(named=True)]
+    studies = pl.DataFrame({"study_id": ids, "patient_id": ids, "report_text": texts,
+                            "report_origin": [str(IU_CSV)] * len(ids)})
+    table, quarantine = parse_reports(studies, progress=False)
     assert dict(table.schema) == REPORT_TEXTS_SCHEMA
-    assert 3000 < table.height <= 3251
+    assert 3000 < table.height <= 3251 and table.height + quarantine.height == frame.height
     impression_only = (table["findings"].is_null() & table["impression"].is_not_null()).mean()
     assert 0.1 < impression_only < 0.25
+
+
+def test_iu_reader_names_the_missing_column(tmp_path):
+    from cxr_assets.ingest.layouts.iu_xray import read_reports_csv
+
+    csv = tmp_path / "indiana_reports.csv"
+    csv.write_text("uid,findings\n1,Clear.\n")
+    with pytest.raises(ValueError, match=r"indiana_reports.csv: missing column\(s\) 'impression'"):
+        read_reports_csv(csv)
+    csv.write_text("uid,findings,impression\n007,Clear.,\n")
+    frame = read_reports_csv(csv)
+    assert frame["uid"].to_list() == ["007"] and frame["impression"].to_list() == [None]

@@ -13,7 +13,7 @@ from cxr_assets.reports.sections import (
     SECTIONS,
     ReportError,
     parse_reports,
-    read_report,
+    read_report_file,
     split_sections,
 )
 
@@ -134,6 +134,10 @@ def test_history_word_inside_a_sentence_is_not_a_header():
 def test_split_sections_rejects_non_text():
     with pytest.raises(TypeError):
         split_sections(None)  # type: ignore[arg-type]
+
+
+def read_report(path: Path) -> str:
+    return read_report_file(path)[0]
 
 
 def test_read_report_encodings_and_errors(tmp_path):

@@ -5,11 +5,16 @@ indiana_projections.csv one row per image (uid, filename, projection Frontal/Lat
 one study per patient id, so study_id = patient_id = "CXR<uid>" (the OpenI id). Images are
 images_root/<filename> (images_root default raw_dir/images_normalized). `ingest.metadata_csv`
 replaces the projections CSV, `ingest.reports_csv` the reports CSV.
+
+`read_reports_csv` is the project's one reader of the IU reports CSV: the text-encoder corpus
+and evaluation (`text.evaluation.load_iu_reports`) read it through here too.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import polars as pl
 
 from cxr_assets.ingest.layouts._csv import (
     NUL_PATH,
@@ -29,6 +34,17 @@ REPORTS = "indiana_reports.csv"
 PROJECTIONS = "indiana_projections.csv"
 IMAGES = "images_normalized"
 SECTIONS = ("indication", "comparison", "findings", "impression")
+REPORT_COLUMNS = ("uid", "findings", "impression")  # required; indication, comparison optional
+
+
+def read_reports_csv(path: Path, what: str = "IU reports CSV") -> pl.DataFrame:
+    """The IU reports CSV as read: every cell a string (blank cells null), plus its row number
+    (`_csv.ROW`). ValueError naming the file when uid, findings or impression is missing or the
+    CSV is malformed; FileNotFoundError when it does not exist."""
+    path = Path(path)
+    require_columns(path, csv_header(path) if path.is_file() else [],
+                    {c: "IU Kaggle column" for c in REPORT_COLUMNS})
+    return read_csv(path, what)
 
 
 def detect(raw_dir: Path) -> str | None:
@@ -42,11 +58,9 @@ def list_studies(raw_dir: Path, options) -> LayoutListing:
     reports_csv = option_path(raw_dir, options.reports_csv, raw_dir / REPORTS)
     projections_csv = option_path(raw_dir, options.metadata_csv, raw_dir / PROJECTIONS)
     root = option_path(raw_dir, options.images_root, raw_dir / IMAGES)
-    for path, needed in ((reports_csv, ("uid", "findings", "impression")),
-                         (projections_csv, ("uid", "filename", "projection"))):
-        require_columns(path, csv_header(path) if path.is_file() else [],
-                        {c: "IU Kaggle column" for c in needed})
-    reports = read_csv(reports_csv, "IU reports CSV (ingest.reports_csv)")
+    reports = read_reports_csv(reports_csv, "IU reports CSV (ingest.reports_csv)")
+    require_columns(projections_csv, csv_header(projections_csv) if projections_csv.is_file() else [],
+                    {c: "IU Kaggle column" for c in ("uid", "filename", "projection")})
     projections = read_csv(projections_csv, "IU projections CSV (ingest.metadata_csv)")
 
     studies: dict[str, StudyFiles] = {}

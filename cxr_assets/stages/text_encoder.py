@@ -26,6 +26,7 @@ from typing import Any
 import polars as pl
 
 from cxr_assets.config import Params, params_file
+from cxr_assets.fileio import flatten
 from cxr_assets.paths import ProjectPaths
 from cxr_assets.stages.base import Markdown, StageResult, require
 
@@ -191,32 +192,18 @@ def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path, progress: b
 
 def _baseline(name: str, params: Params, paths: ProjectPaths, iu_train: list[str],
               data: TrainingData | None, progress: bool) -> Any:
-    """One baseline encoder of text_encoder.evaluation.baselines, by name."""
+    """One baseline of text_encoder.evaluation.baselines, by name (text.baselines.BASELINES)."""
     from cxr_assets.text.base_model import resolve_base_model
-    from cxr_assets.text.baselines import (
-        MiniLMEncoder,
-        TfidfEncoder,
-        finetune_minilm,
-        raw_llm_encoder,
-    )
+    from cxr_assets.text.baselines import BaselineSetup, build_baseline
 
     te = params.text_encoder
-    if name in ("raw_llm", "raw_llm_bidirectional"):
-        base = resolve_base_model(te.base_model, paths.base_model_cache)
-        return raw_llm_encoder(base, te.max_length, te.dtype,
-                               bidirectional=name == "raw_llm_bidirectional")
-    if name == "minilm":
-        return MiniLMEncoder()
-    if name == "minilm_finetuned":
-        if data is None or len(data.pairs) < 2:
-            raise ValueError("minilm_finetuned needs the adapted encoder's training pairs")
-        return finetune_minilm(data.pairs, data.hard_negatives, data.tasks, te.contrastive,
-                               params.project.seed, progress)
-    if name == "tfidf":
-        # Fitted on the IU training part (in-domain vocabulary, never the held-out part),
-        # whatever the encoder itself was adapted on.
-        return TfidfEncoder(iu_train)
-    raise ValueError(f"unknown baseline {name!r}")
+    return build_baseline(name, BaselineSetup(
+        base_model=lambda: resolve_base_model(te.base_model, paths.base_model_cache),
+        max_length=te.max_length, dtype=te.dtype,
+        # tfidf is fitted on the IU training part (in-domain vocabulary, never the held-out
+        # part), whatever the encoder itself was adapted on.
+        fit_corpus=iu_train,
+        training=data, contrastive=te.contrastive, seed=params.project.seed, progress=progress))
 
 
 def write_evaluation(table: pl.DataFrame | None, notes: list[str], out_dir: Path,
@@ -241,15 +228,6 @@ def write_evaluation(table: pl.DataFrame | None, notes: list[str], out_dir: Path
 
 
 # --------------------------------------------------------------------------- MLflow
-def _flat(prefix: str, value: Any) -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for k, v in value.items():
-            out.update(_flat(f"{prefix}.{k}" if prefix else k, v))
-        return out
-    return {prefix: value}
-
-
 def log_to_mlflow(params: Params, paths: ProjectPaths, result: Any, data: TrainingData,
                   table: pl.DataFrame | None, eval_files: tuple[Path, Path] | None) -> str:
     """One MLflow run: params, MNTP / SimCSE / contrastive loss curves, eval metrics, artifact."""
@@ -259,7 +237,7 @@ def log_to_mlflow(params: Params, paths: ProjectPaths, result: Any, data: Traini
 
     configure_mlflow(params, paths)
     with mlflow.start_run(run_name="text_encoder") as run:
-        flat = _flat("text_encoder", params.text_encoder.model_dump())
+        flat = flatten(params.text_encoder.model_dump(), "text_encoder")
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         mlflow.log_params({"training_source": data.source, "n_pairs": len(data.pairs),
                            "n_train_reports": len(data.texts)})

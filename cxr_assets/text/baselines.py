@@ -10,10 +10,17 @@ progress=True) -> float32 [N, dim]`, like TextEncoder:
   budget, the stronger baseline that says whether the LLM is worth its cost;
 - `TfidfEncoder`: scikit-learn TF-IDF (word 1-2 grams), fitted on a given corpus.
 Symmetric baselines ignore `instruction` (they have no notion of it).
+
+`BASELINES` names them (the names of text_encoder.evaluation.baselines and of
+evaluation.comparison.text_towers); `build_baseline(name, setup)` builds one, each reading only
+the fields of `BaselineSetup` it needs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -148,3 +155,49 @@ def raw_llm_encoder(base_dir: Path, max_length: int = 128, dtype: str = "float32
                                     dtype=dtype, bidirectional=bidirectional)
     encoder.name = "raw_llm_bidirectional" if bidirectional else "raw_llm"
     return encoder
+
+
+# --------------------------------------------------------------------------- the registry
+@dataclass
+class BaselineSetup:
+    """What building a baseline may need; each builder reads only its own fields."""
+
+    base_model: Callable[[], Path] | None = None  # the base LLM folder; called only by raw_llm*
+    max_length: int = 128  # raw_llm*
+    dtype: str = "float32"  # raw_llm*
+    fit_corpus: Sequence[str] = ()  # tfidf's vocabulary
+    training: Any = None  # minilm_finetuned: the adapted encoder's data (.pairs, .hard_negatives, .tasks)
+    contrastive: Any = None  # minilm_finetuned: the step budget (ContrastiveParams)
+    seed: int = 0
+    progress: bool = False
+
+
+def _raw_llm(setup: BaselineSetup, bidirectional: bool = False) -> Any:
+    if setup.base_model is None:
+        raise ValueError("raw_llm needs the base model folder")
+    return raw_llm_encoder(setup.base_model(), setup.max_length, setup.dtype,
+                           bidirectional=bidirectional)
+
+
+def _minilm_finetuned(setup: BaselineSetup) -> MiniLMEncoder:
+    data = setup.training
+    if data is None or len(data.pairs) < 2:
+        raise ValueError("minilm_finetuned needs the adapted encoder's training pairs")
+    return finetune_minilm(data.pairs, data.hard_negatives, data.tasks, setup.contrastive,
+                           setup.seed, setup.progress)
+
+
+BASELINES: dict[str, Callable[[BaselineSetup], Any]] = {
+    "minilm": lambda setup: MiniLMEncoder(),
+    "minilm_finetuned": _minilm_finetuned,
+    "raw_llm": _raw_llm,
+    "raw_llm_bidirectional": partial(_raw_llm, bidirectional=True),
+    "tfidf": lambda setup: TfidfEncoder(list(setup.fit_corpus)),
+}
+
+
+def build_baseline(name: str, setup: BaselineSetup) -> Any:
+    """The baseline encoder `name` (a key of BASELINES); ValueError for an unknown name."""
+    if name not in BASELINES:
+        raise ValueError(f"unknown baseline {name!r}")
+    return BASELINES[name](setup)

@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
         try:
             spec.loader.exec_module(module)
             module.main()
-        except Exception:  # one broken benchmark must not hide the others' figures
+        except Exception:  # noqa: BLE001 (one broken benchmark must not hide the others' figures)
             traceback.print_exc()
             failures += 1
         print(f"--- {path.stem}: {time.perf_counter() - start:.1f} s", flush=True)

@@ -83,8 +83,8 @@ def cmd_search(args) -> int:
 
 
 def cmd_rollback(args) -> int:
-    from cxr_assets.registry.tracking import configure_mlflow, rollback_champion
     from cxr_assets.registry.promotion import append_history
+    from cxr_assets.registry.tracking import configure_mlflow, rollback_champion
 
     params, paths = _load(args)
     client = configure_mlflow(params, paths)

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 import polars as pl
+
+from cxr_assets.fileio import atomic_path
 
 TABLE = "study_embeddings"
 META_TABLE = "embedding_meta"
@@ -94,39 +95,37 @@ def write_vector_table(frame: pl.DataFrame, db_path: Path, model_name: str, mode
         raise ValueError(f"write_vector_table: frame lacks columns {missing} (has {frame.columns})")
     dtype = frame.schema["image_embedding"]
     if not isinstance(dtype, pl.Array):
-        raise ValueError(f"image_embedding must be a fixed-size Array column, got {dtype}")
+        raise TypeError(f"image_embedding must be a fixed-size Array column, got {dtype}")
     dim = int(dtype.size)
+    unknown = set(hnsw_columns) - set(VECTOR_COLUMNS)
+    if unknown:
+        raise ValueError(f"hnsw_columns {sorted(unknown)} are not vector columns {VECTOR_COLUMNS}")
     db_path = Path(db_path)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db_path.with_name(f".{db_path.name}.tmp")
-    for stale in (tmp, tmp.with_name(tmp.name + ".wal")):
-        stale.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
     indexed: list[str] = []
-    try:
-        con.register("frame_arrow", _as_arrow(frame))
-        casts = ", ".join(f"CAST({c} AS FLOAT[{dim}]) AS {c}" for c in VECTOR_COLUMNS)
-        others = ", ".join(c for c in frame.columns if c not in VECTOR_COLUMNS)
-        con.execute(f"CREATE TABLE {TABLE} AS SELECT {others}, {casts} FROM frame_arrow")
-        con.unregister("frame_arrow")
-        hnsw = frame.height >= hnsw_min_rows and load_vss(con)
-        unknown = set(hnsw_columns) - set(VECTOR_COLUMNS)
-        if unknown:
-            raise ValueError(f"hnsw_columns {sorted(unknown)} are not vector columns {VECTOR_COLUMNS}")
-        if hnsw:
-            for column in hnsw_columns:
-                con.execute(f"CREATE INDEX {column}_hnsw ON {TABLE} USING HNSW ({column}) "
-                            "WITH (metric = 'cosine')")
-                indexed.append(column)
-        info = {"model_name": model_name, "model_version": str(model_version), "dim": dim,
-                "n_rows": frame.height, "hnsw_columns": ",".join(indexed)}
-        con.execute(f"CREATE TABLE {META_TABLE} AS SELECT * FROM (VALUES (?, ?, ?, ?, ?)) "
-                    "t(model_name, model_version, dim, n_rows, hnsw_columns)",
-                    [info["model_name"], info["model_version"], dim, frame.height, info["hnsw_columns"]])
-        con.execute("CHECKPOINT")
-    finally:
-        con.close()
-    os.replace(tmp, db_path)
+    with atomic_path(db_path) as tmp:
+        con = duckdb.connect(str(tmp))
+        try:
+            con.register("frame_arrow", _as_arrow(frame))
+            casts = ", ".join(f"CAST({c} AS FLOAT[{dim}]) AS {c}" for c in VECTOR_COLUMNS)
+            others = ", ".join(c for c in frame.columns if c not in VECTOR_COLUMNS)
+            con.execute(f"CREATE TABLE {TABLE} AS SELECT {others}, {casts} FROM frame_arrow")
+            con.unregister("frame_arrow")
+            if frame.height >= hnsw_min_rows and load_vss(con):
+                for column in hnsw_columns:
+                    con.execute(f"CREATE INDEX {column}_hnsw ON {TABLE} USING HNSW ({column}) "
+                                "WITH (metric = 'cosine')")
+                    indexed.append(column)
+            info = {"model_name": model_name, "model_version": str(model_version), "dim": dim,
+                    "n_rows": frame.height, "hnsw_columns": ",".join(indexed)}
+            con.execute(f"CREATE TABLE {META_TABLE} AS SELECT * FROM (VALUES (?, ?, ?, ?, ?)) "
+                        "t(model_name, model_version, dim, n_rows, hnsw_columns)",
+                        [info["model_name"], info["model_version"], dim, frame.height,
+                         info["hnsw_columns"]])
+            con.execute("CHECKPOINT")
+        finally:
+            con.close()
+            # DuckDB's write-ahead log of the temporary (none left after a clean CHECKPOINT)
+            tmp.with_name(tmp.name + ".wal").unlink(missing_ok=True)
     return {**info, "hnsw_columns": indexed, "path": db_path}
 
 
@@ -236,7 +235,7 @@ class StudySearch:
     def close(self) -> None:
         self.con.close()
 
-    def __enter__(self) -> StudySearch:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -76,10 +76,10 @@ def render_report(title: str, evaluation: Evaluation, context: dict[str, str], k
     md = [f"# {title}", ""]
     md += [f"- **{k}**: {v}" for k, v in context.items()]
     md += ["", f"Test pool: {n} image-report pairs ({int(m['n_unique_reports'])} distinct reports).",
-           "Protocol *paired*: only the study's own report counts. Protocol *identical text*: any "
-           "report with the same text counts as correct.", "",
-           "| metric | image->report | report->image | image->report (identical text) | "
-           "report->image (identical text) | chance |", "|---|---|---|---|---|---|"]
+           ("Protocol *paired*: only the study's own report counts. Protocol *identical text*: any "
+           "report with the same text counts as correct."), "",
+           ("| metric | image->report | report->image | image->report (identical text) | "
+           "report->image (identical text) | chance |"), "|---|---|---|---|---|---|"]
     fmt = lambda v: "" if v is None else f"{v:.3f}"
     md += [f"| {r[0]} | " + " | ".join(fmt(v) for v in r[1:]) + " |" for r in rows]
     md += [f"| mean rank | {m['i2t_mean_rank']:.1f} | {m['t2i_mean_rank']:.1f} | | | {(n + 1) / 2:.1f} |",

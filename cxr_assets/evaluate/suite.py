@@ -86,8 +86,8 @@ def run_suite(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[str], stu
     else:
         notes.append("labeler unavailable: label F1, 5x200 subset and zero-shot AUC skipped")
     lines = ["## Report-level scores of the top-1 retrieved report", "",
-             "Each image retrieves its best-matching report from the test pool; that report is scored "
-             "against the image's true report.", "", "| score | value |", "|---|---|",
+             ("Each image retrieves its best-matching report from the test pool; that report is scored "
+             "against the image's true report."), "", "| score | value |", "|---|---|",
              f"| ROUGE-L F1 | {_fmt(metrics['report/rouge_l'])} |", f"| BLEU-4 | {_fmt(metrics['report/bleu4'])} |"]
     if labels is not None:
         lines += [f"| labeler F1 micro | {_fmt(metrics['report/f1_micro'])} |",
@@ -120,8 +120,8 @@ def run_suite(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[str], stu
             breakdown["group"].to_list(), {k: breakdown[k].to_list() for k in shown},
             out_dir / "per_style.png", ylabel="score", title="Retrieval and report scores by report style")
         lines = ["## By report style", "",
-                 "Ranks are those of the full test pool; each group averages its own queries. "
-                 f"Abbreviation-heavy: abbreviation density >= {ev.abbreviation_heavy_density}.", "",
+                 ("Ranks are those of the full test pool; each group averages its own queries. "
+                 f"Abbreviation-heavy: abbreviation density >= {ev.abbreviation_heavy_density}."), "",
                  "| group | n | mean recall | image->report R@1 | report->image R@1 | ROUGE-L |",
                  "|---|---|---|---|---|---|"]
         lines += [f"| {r['group']} | {r['n']} | {_fmt(r['mean_recall'])} | {_fmt(r['i2t_R@1'])} | "
@@ -146,11 +146,11 @@ def run_suite(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[str], stu
                                     text_groups=identical_text_groups([texts[i] for i in idx]))
             metrics |= {f"subset5x200/{k}": v for k, v in sub.items()}
             lines = [f"## {len(ev.subset_findings)}x{ev.subset_per_finding}-style subset", "",
-                     "Studies positive for exactly one of the listed findings, drawn per finding with a fixed "
-                     "seed; the candidate pool is the subset itself.", "",
+                     ("Studies positive for exactly one of the listed findings, drawn per finding with a fixed "
+                     "seed; the candidate pool is the subset itself."), "",
                      "- drawn: " + ", ".join(f"{k} {v}" for k, v in counts.items()), "",
-                     "| metric | image->report | report->image | image->report (identical text) | "
-                     "report->image (identical text) |", "|---|---|---|---|---|"]
+                     ("| metric | image->report | report->image | image->report (identical text) | "
+                     "report->image (identical text) |"), "|---|---|---|---|---|"]
             lines += [f"| R@{k} | {_fmt(sub[f'i2t_R@{k}'])} | {_fmt(sub[f't2i_R@{k}'])} | "
                       f"{_fmt(sub[f'grp_i2t_R@{k}'])} | {_fmt(sub[f'grp_t2i_R@{k}'])} |" for k in ev.recall_at]
             sections.append("\n".join(lines))
@@ -176,11 +176,11 @@ def run_suite(image_emb: np.ndarray, text_emb: np.ndarray, texts: list[str], stu
                 zs["auc"], out_dir / "prompt_sensitivity.png")
             styles = [s for s in rows[0] if s != "observation"]
             lines = ["## Zero-shot classification", "",
-                     "Score = similarity to the positive prompts minus similarity to the negative prompts "
+                     ("Score = similarity to the positive prompts minus similarity to the negative prompts "
                      "(fixed prompt lists per style); labels from the labeler on the true report "
-                     "(uncertain left out).", "",
-                     f"Mean ensemble AUC {_fmt(metrics['zeroshot/mean_auc'])}; mean spread across prompt "
-                     f"styles {_fmt(metrics['zeroshot/prompt_spread'])}.", "",
+                     "(uncertain left out)."), "",
+                     (f"Mean ensemble AUC {_fmt(metrics['zeroshot/mean_auc'])}; mean spread across prompt "
+                     f"styles {_fmt(metrics['zeroshot/prompt_spread'])}."), "",
                      "| observation | positives | " + " | ".join(styles) + " |", "|---" * (len(styles) + 2) + "|"]
             lines += [f"| {r['observation']} | {zs['n_positive'][r['observation']]} | "
                       + " | ".join(_fmt(r[s]) for s in styles) + " |" for r in rows]

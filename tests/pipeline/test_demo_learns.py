@@ -71,9 +71,9 @@ def test_the_demo_chain_retrieves_well_above_chance(tmp_path, tiny_llm) -> None:
     assert evaluation["mean_recall"] >= chance_mean + 0.06
 
     # The same figure recomputed from the stored embeddings, then with the pairs shuffled.
+    from cxr_assets.clip.pairs import test_pool
     from cxr_assets.config import load_params
     from cxr_assets.paths import ProjectPaths
-    from cxr_assets.clip.pairs import test_pool
 
     pool = test_pool(ProjectPaths.from_params(load_params(tmp_path / "params.yaml"), tmp_path))
     images = np.asarray(pool["image_embedding"].to_list(), np.float32)

@@ -229,6 +229,9 @@ class TextCheckpointParams(_Section):
 class LatentAttentionParams(_Section):
     num_latents: int = Field(64, ge=1, le=8192, description="LLM2Vec4CXR uses 512")
     num_heads: int = Field(8, ge=1, le=128, description="must divide the LLM's hidden size")
+    mean_weight: float = Field(0.5, gt=0, lt=1, description="pooling mean_and_latent_attention: "
+                               "share of the (post-processed) mean in the cosine; the head's "
+                               "output has the rest")
 
 
 class TextCorpusParams(_Section):
@@ -264,7 +267,10 @@ class TextEncoderParams(_Section):
     dtype: Literal["float32", "bfloat16"] = "float32"
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     max_length: int = Field(128, ge=8, le=8192)
-    pooling: Literal["mean", "weighted_mean", "last_token", "latent_attention"] = "mean"
+    pooling: Literal["mean", "weighted_mean", "last_token", "latent_attention",
+                     "mean_and_latent_attention"] = Field(
+        "mean", description="mean_and_latent_attention: the body trained mean-pooled, then a head "
+        "trained on top of it (head_training); both parts side by side")
     latent_attention: LatentAttentionParams = LatentAttentionParams()
     instruction: str = Field("", description="stored default instruction; training and the "
                              "evaluation use plain text on both sides of every pair")
@@ -286,10 +292,15 @@ class TextEncoderParams(_Section):
 
     @model_validator(mode="after")
     def _head_needs_a_head(self) -> TextEncoderParams:
-        if self.head_training.steps > 0 and self.pooling != "latent_attention":
+        heads = ("latent_attention", "mean_and_latent_attention")
+        if self.head_training.steps > 0 and self.pooling not in heads:
             raise ValueError(
                 f"head_training.steps is {self.head_training.steps} but pooling is "
-                f"{self.pooling!r}: only pooling 'latent_attention' has a head to train")
+                f"{self.pooling!r}: only poolings {heads} have a head to train")
+        if self.pooling == "mean_and_latent_attention" and self.head_training.steps == 0 \
+                and not self.init_from:
+            raise ValueError("pooling 'mean_and_latent_attention' trains its head in stage three: "
+                             "set head_training.steps > 0 (or init_from a release that has one)")
         return self
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +170,10 @@ def evaluate(params: Params, paths: ProjectPaths, encoder_dir: Path, progress: b
               "training reports (the adapted encoder's own statistics come from its training "
               "reports and are applied by TextEncoder.encode)")]
     adapted = TextEncoder.from_pretrained(encoder_dir)
-    stored_pp = adapted.postprocess
-    variants: dict[str, Any] = ({"adapted": stored_pp, "adapted_no_pp": None}
-                                if stored_pp is not None else {"adapted": None})
+    # finish: the encoder's own post-processing (and, for a head beside the mean, the weighting).
+    variants: dict[str, Any] = {"adapted": adapted.finish}
+    if adapted.postprocess is not None:
+        variants["adapted_no_pp"] = partial(adapted.finish, postprocess=False)
     scores = score_encoder(adapted, eval_set, variants, te.embed_batch_size, progress)
     for name in te.evaluation.baselines:
         try:

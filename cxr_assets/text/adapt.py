@@ -152,7 +152,7 @@ def adapt_text_encoder(
     from cxr_assets.text.contrastive import train_contrastive
     from cxr_assets.text.encoder import TextEncoder
     from cxr_assets.text.mntp import fixed_batch_loss, train_mntp
-    from cxr_assets.text.pooling import make_latent_attention
+    from cxr_assets.text.pooling import HEAD_MODES, body_pooling, make_latent_attention
     from cxr_assets.text.postprocess import EmbeddingPostprocess, fit_sample
     from cxr_assets.text.release import (
         apply_adapters,
@@ -192,7 +192,7 @@ def adapt_text_encoder(
     resumed_from = None if saved is None else f"{saved['stage']} step {saved['step']}"
 
     head = None
-    if params.pooling == "latent_attention":
+    if params.pooling in HEAD_MODES:
         released_head = Path(params.init_from or "") / "pooling_head.safetensors"
         if params.init_from and released_head.is_file():
             from cxr_assets.text.encoder_files import load_pooling_head
@@ -204,6 +204,11 @@ def adapt_text_encoder(
                                          params.latent_attention.num_heads, seed=seed)
     adapter_tmp = Path(tempfile.mkdtemp(prefix="cxr-adapters-"))
     adapters: dict[str, Path] = {}  # merged in this order by a release
+
+    # Stage two trains the body with its own pooling: in 'mean_and_latent_attention' the body is
+    # mean-pooled and the head waits for stage three.
+    stage_two_pooling = body_pooling(params.pooling)
+    stage_two_head = head if stage_two_pooling in HEAD_MODES else None
 
     def stage_log(stage: str) -> Callable[[int, float], None] | None:
         return None if log_fn is None else (lambda step, loss: log_fn(stage, step, loss))
@@ -278,8 +283,8 @@ def adapt_text_encoder(
             # Unsupervised SimCSE: a report is its own positive, the two views differ by dropout.
             simcse_losses = train_contrastive(
                 peft_model, tokenizer, [(r, r) for r in reports], params.contrastive,
-                params.instruction, params.pooling, params.max_length, seed + 1,
-                progress=progress, log_fn=stage_log("simcse"), pooling_head=head,
+                params.instruction, stage_two_pooling, params.max_length, seed + 1,
+                progress=progress, log_fn=stage_log("simcse"), pooling_head=stage_two_head,
                 steps=params.contrastive.simcse_steps,
             )
         start_step, optimizer_state = 0, None
@@ -306,10 +311,10 @@ def adapt_text_encoder(
                            "contrastive_losses": contrastive_losses, "mntp_eval": mntp_eval})
 
         train_contrastive(
-            peft_model, tokenizer, pairs, params.contrastive, params.instruction, params.pooling,
+            peft_model, tokenizer, pairs, params.contrastive, params.instruction, stage_two_pooling,
             params.max_length, seed, hard_negatives=hard_negatives, progress=progress,
             log_fn=_collect(stage_log("contrastive"), contrastive_losses), tasks=tasks,
-            pooling_head=head, teacher=teacher, start_step=start_step,
+            pooling_head=stage_two_head, teacher=teacher, start_step=start_step,
             optimizer_state=optimizer_state, on_step=contrastive_checkpoint,
         )
         _gradient_checkpointing(peft_model, False)
@@ -319,18 +324,30 @@ def adapt_text_encoder(
             save_adapter(peft_model, adapter_tmp / name, params.base_model)
             adapters[name] = adapter_tmp / name
         merged = peft_model.merge_and_unload()
-        if params.head_training.steps > 0:
-            head_losses = _train_head(merged, tokenizer, head, pairs, hard_negatives, tasks,
-                                      params, seed, progress, stage_log("head"))
-
         encoder = TextEncoder(merged, tokenizer, params.pooling, params.instruction,
                               params.max_length, base_model=params.base_model,
-                              pooling_head=head, bidirectional=params.bidirectional)
-        if params.postprocess.method != "none":
+                              pooling_head=head, bidirectional=params.bidirectional,
+                              mean_weight=params.latent_attention.mean_weight)
+
+        def fit_postprocess() -> None:
+            if params.postprocess.method == "none":
+                return
             fit_texts = fit_sample(reports, params.postprocess.n_fit, seed + 11)
             raw = encoder.encode(fit_texts, batch_size=params.embed_batch_size,
                                  progress=progress, postprocess=False)
-            encoder.postprocess = EmbeddingPostprocess.fit(raw, params.postprocess.method)
+            # Fitted on the mean-pooled part (all of it, unless a head's output is beside it).
+            encoder.postprocess = EmbeddingPostprocess.fit(raw[:, :encoder.hidden_size],
+                                                           params.postprocess.method)
+
+        beside_mean = params.pooling == "mean_and_latent_attention"
+        if beside_mean:  # the head trains on top of the post-processed mean: fit that first
+            fit_postprocess()
+        if params.head_training.steps > 0:
+            head_losses = _train_head(merged, tokenizer, head, pairs, hard_negatives, tasks,
+                                      params, seed, progress, stage_log("head"),
+                                      encoder.postprocess)
+        if not beside_mean:  # the statistics of the final pooled output
+            fit_postprocess()
         out_dir = Path(out_dir)
         encoder.save_pretrained(out_dir)  # atomic: tmp folder + rename
         if release_dir is not None:
@@ -370,23 +387,29 @@ def _check_release(folder: Path, params: TextEncoderParams) -> Path:
             f"text_encoder.init_from {str(folder)!r} is not a release folder "
             "(encoder_config.json with format 'release')")
     stored = json.loads((folder / ENCODER_CONFIG).read_text())
-    if (stored.get("pooling") != "latent_attention" and params.pooling == "latent_attention"
-            and params.head_training.steps > 0):
-        # A release without a head: its body is kept and stage three fits a new head on it.
-        stored = {**stored, "pooling": "latent_attention"}
-    for key, want in (("base_model", params.base_model), ("bidirectional", params.bidirectional),
-                      ("pooling", params.pooling)):
+    if params.head_training.steps > 0 and params.pooling in ("latent_attention",
+                                                              "mean_and_latent_attention"):
+        # Stage three fits the head on the release's body (starting from its head, if any).
+        stored = {**stored, "pooling": params.pooling}
+    checks = [("base_model", "base_model", params.base_model),
+              ("bidirectional", "bidirectional", params.bidirectional),
+              ("pooling", "pooling", params.pooling)]
+    if params.pooling == "mean_and_latent_attention" and params.head_training.steps == 0:
+        # The release's head was trained against this share of the mean: keep it.
+        checks.append(("mean_weight", "latent_attention.mean_weight",
+                       params.latent_attention.mean_weight))
+    for key, name, want in checks:
         if stored.get(key, True if key == "bidirectional" else None) != want:
             raise ValueError(
                 f"text_encoder.init_from {str(folder)!r} was trained with {key}="
-                f"{stored.get(key)!r}, but text_encoder.{key} is {want!r}")
+                f"{stored.get(key)!r}, but text_encoder.{name} is {want!r}")
     return folder
 
 
 def _train_head(body: Any, tokenizer: Any, head: Any, pairs: list[tuple[str, str]],
                 hard_negatives: list[str | None] | None, tasks: list[str] | None,
                 params: TextEncoderParams, seed: int, progress: bool,
-                log: Callable[[int, float], None] | None) -> list[float]:
+                log: Callable[[int, float], None] | None, postprocess: Any) -> list[float]:
     """Stage three: token states of the pairs' texts once, then the head alone on them."""
     from cxr_assets.text.head_training import CachedTeacher, TokenStates, train_pooling_head
 
@@ -406,7 +429,9 @@ def _train_head(body: Any, tokenizer: Any, head: Any, pairs: list[tuple[str, str
 
         teacher = CachedTeacher(MiniLMEncoder(), texts)
     return train_pooling_head(head, states, pairs, hp.as_contrastive(), seed + 3, hard_negatives,
-                              tasks, teacher, progress, log)
+                              tasks, teacher, progress, log, pooling=params.pooling,
+                              mean_weight=params.latent_attention.mean_weight,
+                              postprocess=postprocess)
 
 
 def _gradient_checkpointing(peft_model: Any, enabled: bool) -> None:

@@ -239,6 +239,9 @@ def train_contrastive(
 
     if pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {pooling!r}")
+    if pooling == "mean_and_latent_attention":
+        raise ValueError("pooling 'mean_and_latent_attention' trains its body mean-pooled "
+                         "(pooling.body_pooling) and its head in stage three (head_training)")
     if (params.steps if steps is None else int(steps)) == 0:
         return []
     _check_pairs(pairs, hard_negatives)

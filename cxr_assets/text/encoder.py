@@ -31,6 +31,7 @@ from cxr_assets.text.encoder_files import (
     load_postprocess,
     save_pooling_head,
 )
+from cxr_assets.text.pooling import HEAD_MODES
 from cxr_assets.text.postprocess import POSTPROCESS_FILE
 
 
@@ -50,6 +51,7 @@ class TextEncoder:
         pooling_head: Any = None,
         bidirectional: bool = True,
         postprocess: Any = None,
+        mean_weight: float = 0.5,
     ) -> None:
         from cxr_assets.text.base_model import backbone, prepare_tokenizer
         from cxr_assets.text.bidirectional import enable_bidirectional
@@ -71,18 +73,25 @@ class TextEncoder:
         self.max_length = int(max_length)
         self.base_model = str(base_model)
         self.separator = SEPARATOR
-        self.dim = int(self.model.config.hidden_size)
+        self.hidden_size = int(self.model.config.hidden_size)
+        # 'mean_and_latent_attention' embeds the mean and the head's output side by side.
+        self.dim = self.hidden_size * (2 if pooling == "mean_and_latent_attention" else 1)
+        if not 0.0 < float(mean_weight) < 1.0:
+            raise ValueError(f"mean_weight must be in (0, 1), got {mean_weight}")
+        self.mean_weight = float(mean_weight)
         self._content_hash = content_hash
         self._source_dir = source_dir
-        if pooling == "latent_attention" and pooling_head is None:
-            raise ValueError("pooling 'latent_attention' needs its pooling_head (a LatentAttentionPooling)")
-        if pooling_head is not None and int(pooling_head.hidden_size) != self.dim:
+        if pooling in HEAD_MODES and pooling_head is None:
+            raise ValueError(f"pooling {pooling!r} needs its pooling_head (a LatentAttentionPooling)")
+        if pooling_head is not None and int(pooling_head.hidden_size) != self.hidden_size:
             raise ValueError(
-                f"pooling head width {pooling_head.hidden_size} != model hidden size {self.dim}"
+                f"pooling head width {pooling_head.hidden_size} != model hidden size {self.hidden_size}"
             )
         self.pooling_head = pooling_head.eval() if pooling_head is not None else None
-        if postprocess is not None and postprocess.dim != self.dim:
-            raise ValueError(f"post-processing dim {postprocess.dim} != model hidden size {self.dim}")
+        # Post-processing applies to the mean-pooled part (all of it unless a head is beside it).
+        if postprocess is not None and postprocess.dim != self.hidden_size:
+            raise ValueError(f"post-processing dim {postprocess.dim} != model hidden size "
+                             f"{self.hidden_size}")
         self.postprocess = postprocess
 
     def __repr__(self) -> str:
@@ -94,7 +103,7 @@ class TextEncoder:
 
     def settings(self) -> dict[str, Any]:
         """The encoding settings stored in encoder_config.json (without the hash)."""
-        return {
+        settings = {
             "pooling": self.pooling,
             "instruction": self.instruction,
             "separator": self.separator,
@@ -103,6 +112,9 @@ class TextEncoder:
             "dim": self.dim,
             "bidirectional": self.bidirectional,
         }
+        if self.pooling == "mean_and_latent_attention":  # other modes keep their stored hashes
+            settings["mean_weight"] = self.mean_weight
+        return settings
 
     @property
     def content_hash(self) -> str:
@@ -181,8 +193,7 @@ class TextEncoder:
 
             encoder = cls(**read_release(path, dtype=dtype, threads=threads))
             if encoder.dim != stored.get("dim"):
-                raise ValueError(f"{path}: dim {stored.get('dim')} != the base model's hidden "
-                                 f"size {encoder.dim}")
+                raise ValueError(f"{path}: dim {stored.get('dim')} != the encoder's {encoder.dim}")
             return encoder
         missing = [k for k in (*_HASH_FIELDS, "content_hash") if k not in stored]
         if missing:
@@ -199,7 +210,7 @@ class TextEncoder:
         )
         tokenizer = AutoTokenizer.from_pretrained(path)
         head = None
-        if stored["pooling"] == "latent_attention":
+        if stored["pooling"] in HEAD_MODES:
             head = load_pooling_head(path / POOLING_HEAD, int(model.config.hidden_size))
         encoder = cls(
             model,
@@ -213,10 +224,11 @@ class TextEncoder:
             pooling_head=head,
             bidirectional=bool(stored.get("bidirectional", True)),
             postprocess=load_postprocess(path),
+            mean_weight=float(stored.get("mean_weight", 0.5)),
         )
         if encoder.dim != stored["dim"]:
             raise ValueError(
-                f"{config_file}: dim {stored['dim']} does not match the model's hidden size {encoder.dim}"
+                f"{config_file}: dim {stored['dim']} does not match the encoder's {encoder.dim}"
             )
         return encoder
 
@@ -235,7 +247,7 @@ class TextEncoder:
                 backend.no_truncation()
                 backend.no_padding()
             self.tokenizer.save_pretrained(tmp)
-            if self.pooling_head is not None and self.pooling == "latent_attention":
+            if self.pooling_head is not None and self.pooling in HEAD_MODES:
                 save_pooling_head(self.pooling_head, tmp / POOLING_HEAD)
             if self.postprocess is not None:
                 self.postprocess.save(tmp / POSTPROCESS_FILE)
@@ -264,7 +276,8 @@ class TextEncoder:
 
         instruction=None means no instruction (the stored default is `self.instruction`).
         The fitted post-processing (centering + scaling), when the encoder has one, is applied
-        unless postprocess=False (what fitting it needs).
+        unless postprocess=False: then the raw pooled output is returned (what fitting needs; for
+        'mean_and_latent_attention', mean | head side by side, see `finish`).
         Batches are formed from texts sorted by token length, so little compute goes to padding.
         """
         import torch
@@ -303,9 +316,23 @@ class TextEncoder:
                 out[chunk] = (
                     embed_batch(self.model, batch, self.pooling, self.pooling_head).float().cpu().numpy()
                 )
-        if postprocess and self.postprocess is not None:
-            out = self.postprocess(out)
-        return out
+        return self.finish(out) if postprocess else out
+
+    def finish(self, raw: np.ndarray, postprocess: bool = True) -> np.ndarray:
+        """Raw pooled output [N, raw dim] -> the embedding `encode` returns: the fitted
+        post-processing (unless postprocess=False) and, for 'mean_and_latent_attention', the
+        weighted combination of the mean and head parts (cxr_assets.text.pooling.mean_and_head)."""
+        pp = self.postprocess if postprocess else None
+        if self.pooling != "mean_and_latent_attention":
+            return pp(raw) if pp is not None else np.asarray(raw, dtype=np.float32)
+        import torch
+
+        from cxr_assets.text.pooling import mean_and_head
+
+        center, scale = (None, None) if pp is None else (torch.from_numpy(pp.mean),
+                                                          torch.from_numpy(pp.scale))
+        raw_t = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
+        return mean_and_head(raw_t, self.mean_weight, center, scale).numpy()
 
 
 def load_llm2vec4cxr(

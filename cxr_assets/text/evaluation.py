@@ -270,7 +270,7 @@ def evaluate_encoder(encoder: Any, data: EvalSet, name: str, batch_size: int = 1
                      progress: bool = False, min_class: int = 5) -> list[dict[str, Any]]:
     """Tidy rows (encoder, task, metric, value, n) of every task for one encoder, embedding as
     its `encode` does by default (with its own post-processing, when it has one)."""
-    own = getattr(encoder, "postprocess", None)
+    own = getattr(encoder, "finish", None) or getattr(encoder, "postprocess", None)
     transform = own if callable(own) else None
     return score_encoder(encoder, data, {name: transform}, batch_size, progress, min_class)[0].rows
 

@@ -6,6 +6,10 @@ the LoRA is merged the LLM body is frozen, so its last-layer token states are a 
 the text: computed once per distinct training text, they let the head take thousands of steps in
 minutes. The loop is the contrastive stage's own (`contrastive_steps`: the same pairs, hard
 negatives, single-task batches, statement scoring and distillation), with a different `embed`.
+
+With pooling 'mean_and_latent_attention' the loss sees the embedding the encoder will return:
+the frozen post-processed mean beside the head's output (pooling.mean_and_head), so the head
+learns what the mean misses rather than replacing it.
 """
 
 from __future__ import annotations
@@ -99,16 +103,31 @@ def train_pooling_head(
     teacher: Any = None,
     progress: bool = True,
     log_fn: Callable[[int, float], None] | None = None,
+    pooling: str = "latent_attention",
+    mean_weight: float = 0.5,
+    postprocess: Any = None,
 ) -> list[float]:
     """`params.steps` contrastive steps on the head alone (params: ContrastiveParams); returns
-    the losses. The head is left in eval mode."""
-    from cxr_assets.text.contrastive import contrastive_steps
+    the losses. The head is left in eval mode. pooling: 'latent_attention' or
+    'mean_and_latent_attention' (then `mean_weight` and the mean's fitted `postprocess`, an
+    EmbeddingPostprocess or None, shape the embedding as TextEncoder.encode does)."""
+    import torch
 
+    from cxr_assets.text.contrastive import contrastive_steps
+    from cxr_assets.text.pooling import HEAD_MODES, mean_and_head, pool
+
+    if pooling not in HEAD_MODES:
+        raise ValueError(f"pooling {pooling!r} has no head to train (one of {HEAD_MODES})")
+    center = None if postprocess is None else torch.from_numpy(postprocess.mean)
+    scale = None if postprocess is None else torch.from_numpy(postprocess.scale)
     head.train()
 
     def embed(texts: list[str], is_query: bool) -> Any:
         hidden, mask = states.batch(texts)
-        return head(hidden, mask)
+        raw = pool(hidden, mask, pooling, head)
+        if pooling == "mean_and_latent_attention":
+            return mean_and_head(raw, mean_weight, center, scale)
+        return raw
 
     try:
         return contrastive_steps(embed, [p for p in head.parameters() if p.requires_grad], pairs,

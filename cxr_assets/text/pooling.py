@@ -8,7 +8,40 @@ from __future__ import annotations
 
 from typing import Any
 
-POOLING_MODES = ("mean", "weighted_mean", "last_token", "latent_attention")
+POOLING_MODES = ("mean", "weighted_mean", "last_token", "latent_attention",
+                 "mean_and_latent_attention")
+# Modes that carry a latent-attention head.
+HEAD_MODES = ("latent_attention", "mean_and_latent_attention")
+
+
+def body_pooling(mode: str) -> str:
+    """The pooling the LLM body is trained with (stage two). In 'mean_and_latent_attention' the
+    body is trained mean-pooled and its head is fitted afterwards on the frozen body (stage three)."""
+    return "mean" if mode == "mean_and_latent_attention" else mode
+
+
+def mean_and_head(raw: Any, weight: float, center: Any = None, scale: Any = None) -> Any:
+    """Combine raw 'mean_and_latent_attention' output [B, 2D] (mean | head) into one embedding.
+
+    The mean half is post-processed ((x - center) / scale, when given), each half is L2-normalised
+    and weighted by sqrt(weight) and sqrt(1 - weight): the cosine of two such embeddings is
+    weight * cos(means) + (1 - weight) * cos(heads). Mean pooling keeps what a report says word
+    for word (abbreviations, paraphrase); the head is trained on top of it to add what mean pooling
+    blurs (a finding's polarity). Works on torch tensors, with gradients.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not 0.0 < weight < 1.0:
+        raise ValueError(f"mean weight must be in (0, 1), got {weight}")
+    if raw.dim() != 2 or raw.shape[1] % 2:
+        raise ValueError(f"expected raw mean|head output [B, 2D], got {tuple(raw.shape)}")
+    width = raw.shape[1] // 2
+    mean, head = raw[:, :width], raw[:, width:]
+    if center is not None:
+        mean = (mean - center.to(mean)) / scale.to(mean)
+    return torch.cat([F.normalize(mean, dim=-1) * weight ** 0.5,
+                      F.normalize(head, dim=-1) * (1.0 - weight) ** 0.5], dim=-1)
 
 
 def make_latent_attention(hidden_size: int, num_latents: int, num_heads: int, seed: int = 0) -> Any:
@@ -99,14 +132,16 @@ def pool(hidden: Any, embed_mask: Any, mode: str, head: Any = None) -> Any:
 
     mean: plain average; weighted_mean: weights 1..n over the embedded tokens in order, normalised
     (LLM2Vec's position-weighted mean, later tokens have seen more context); last_token: the
-    state of the last embedded token; latent_attention: `head` (a LatentAttentionPooling).
+    state of the last embedded token; latent_attention: `head` (a LatentAttentionPooling);
+    mean_and_latent_attention: the mean and the head's output side by side, raw [B, 2D] (see
+    mean_and_head for how they become one embedding).
     """
     import torch
 
     if mode not in POOLING_MODES:
         raise ValueError(f"pooling mode must be one of {POOLING_MODES}, got {mode!r}")
-    if mode == "latent_attention" and head is None:
-        raise ValueError("pooling mode 'latent_attention' needs its pooling head (head=None)")
+    if mode in HEAD_MODES and head is None:
+        raise ValueError(f"pooling mode {mode!r} needs its pooling head (head=None)")
     if hidden.dim() != 3 or embed_mask.dim() != 2 or hidden.shape[:2] != embed_mask.shape:
         raise ValueError(
             f"pool expects hidden [B, T, D] and embed_mask [B, T]; got {tuple(hidden.shape)} and {tuple(embed_mask.shape)}"
@@ -116,10 +151,14 @@ def pool(hidden: Any, embed_mask: Any, mode: str, head: Any = None) -> Any:
     if bool((counts == 0).any()):
         empty = torch.nonzero(counts == 0).flatten().tolist()
         raise ValueError(f"rows {empty[:10]} have no token to embed (embed_mask all zero)")
-    if mode == "latent_attention":
+    if mode in HEAD_MODES:
         head_float = head.latents.dtype == torch.float32
         states = hidden.float() if head_float else hidden
-        return head(states, embed_mask.to(hidden.device)).float()
+        pooled = head(states, embed_mask.to(hidden.device)).float()
+        if mode == "latent_attention":
+            return pooled
+        mean = torch.einsum("bt,btd->bd", mask / counts.unsqueeze(1), hidden.float())
+        return torch.cat([mean, pooled], dim=-1)
     states = hidden.float()
     if mode == "mean":
         weights = mask / counts.unsqueeze(1)

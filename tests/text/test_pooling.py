@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cxr_assets.text.pooling import POOLING_MODES, pool
+from cxr_assets.text.pooling import HEAD_MODES, POOLING_MODES, mean_and_head, pool
 
 # latent_attention has learned parameters: tested against the upstream loop in test_latent_attention.
-FIXED_MODES = tuple(m for m in POOLING_MODES if m != "latent_attention")
+FIXED_MODES = tuple(m for m in POOLING_MODES if m not in HEAD_MODES)
 
 
 def _naive(hidden: torch.Tensor, embed_mask: torch.Tensor, mode: str) -> torch.Tensor:
@@ -64,3 +64,25 @@ def test_pool_errors() -> None:
     mask[2] = 0
     with pytest.raises(ValueError, match=r"rows \[2\]"):
         pool(hidden, mask, "mean")
+
+
+def test_mean_and_head_weights_the_two_cosines() -> None:
+    """Raw mean|head output -> one embedding whose cosine is w * cos(means) + (1 - w) *
+    cos(heads), the mean post-processed first; the mode's raw output is the mean beside the head."""
+    from cxr_assets.text.pooling import make_latent_attention
+
+    hidden, mask = _batch()
+    head = make_latent_attention(hidden.shape[-1], 4, 1, seed=0).eval()
+    with torch.no_grad():
+        raw = pool(hidden, mask, "mean_and_latent_attention", head)
+        torch.testing.assert_close(raw[:, :hidden.shape[-1]], pool(hidden, mask, "mean"))
+        torch.testing.assert_close(raw[:, hidden.shape[-1]:], head(hidden, mask))
+    center, scale = torch.randn(hidden.shape[-1]), torch.rand(hidden.shape[-1]) + 0.5
+    out = mean_and_head(raw, 0.3, center, scale)
+    unit = torch.nn.functional.normalize
+    mean, heads = unit((raw[:, :hidden.shape[-1]] - center) / scale), unit(raw[:, hidden.shape[-1]:])
+    torch.testing.assert_close(out @ out.T, 0.3 * mean @ mean.T + 0.7 * heads @ heads.T)
+    with pytest.raises(ValueError, match="mean weight"):
+        mean_and_head(raw, 1.0)
+    with pytest.raises(ValueError, match="needs its pooling head"):
+        pool(hidden, mask, "mean_and_latent_attention")

@@ -317,5 +317,46 @@ def test_head_stage_fits_a_head_on_a_released_body_and_releases_it(
     with torch.no_grad():
         direct = encoder.pooling_head(hidden, mask).numpy()
     assert np.allclose(vectors[:3], direct, atol=2e-2)
-    with pytest.raises(ValueError, match="only pooling 'latent_attention' has a head"):
+    with pytest.raises(ValueError, match="only poolings .* have a head to train"):
         _params(tiny_dir, head_training={"steps": 5})
+
+
+def test_head_beside_the_mean_learns_on_top_of_the_post_processed_mean(
+        tiny_dir: Path, reports, tmp_path: Path) -> None:
+    """Pooling 'mean_and_latent_attention': stage two trains the body mean-pooled, the
+    post-processing is fitted on the mean, then the head trains with the mean beside it. The
+    encoder returns both parts side by side: cosine = w * cos(means) + (1 - w) * cos(heads)."""
+    from cxr_assets.text.head_training import TokenStates
+
+    pairs = [(r, r.lower()) for r in reports]
+    weight = 0.7
+    params = _params(tiny_dir, pooling="mean_and_latent_attention",
+                     latent_attention={"num_latents": 8, "num_heads": 8, "mean_weight": weight},
+                     mntp={"steps": 0}, contrastive={"steps": 2, "batch_size": 4},
+                     head_training={"steps": 20, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2,
+                                    "distill_weight": 0.0})
+    result = adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "enc",
+                                seed=1, progress=False, release_dir=tmp_path / "rel")
+    assert len(result.head_losses) == 20 and len(result.contrastive_losses) == 2
+    assert np.mean(result.head_losses[-5:]) < np.mean(result.head_losses[:5])
+    for folder in (tmp_path / "enc", tmp_path / "rel"):
+        encoder = TextEncoder.from_pretrained(folder)
+        assert encoder.pooling == "mean_and_latent_attention"
+        assert encoder.mean_weight == weight and encoder.dim == 2 * encoder.hidden_size
+        assert encoder.postprocess is not None and encoder.postprocess.dim == encoder.hidden_size
+        vectors = encoder.encode(reports, progress=False)
+        assert vectors.shape == (len(reports), encoder.dim)
+        assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+        # Built from the two parts as documented: the post-processed mean and the head's output.
+        states = TokenStates.compute(encoder.model, encoder.tokenizer, reports, 48, progress=False)
+        hidden, mask = states.batch(reports)
+        with torch.no_grad():
+            head = encoder.pooling_head(hidden, mask).numpy()
+        mean = encoder.postprocess((hidden * mask[..., None]).sum(1).numpy()
+                                   / mask.sum(1, keepdim=True).numpy())
+        unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+        expected = (weight * unit(mean) @ unit(mean).T
+                    + (1 - weight) * unit(head) @ unit(head).T)
+        assert np.allclose(vectors @ vectors.T, expected, atol=2e-2)
+    with pytest.raises(ValueError, match="trains its head in stage three"):
+        _params(tiny_dir, pooling="mean_and_latent_attention")

@@ -26,6 +26,7 @@ from typing import Any
 from cxr_assets.config import LoraParams, TextEncoderParams
 
 STATE_FILE = "state.pt"
+TOKEN_STATES_FILE = "token_states.pt"  # stage three's input, kept until the run succeeds
 
 
 @dataclass
@@ -233,7 +234,8 @@ def adapt_text_encoder(
         # ---------------------------------------------------------------- stage 1: MNTP
         peft_model = get_peft_model(model, lora_config(params.lora, n_layers))
         _gradient_checkpointing(peft_model, params.contrastive.gradient_checkpointing)
-        in_contrastive = saved is not None and saved["stage"] == "contrastive"
+        # A checkpoint of stage three ("head") holds stage two's final adapter: both are skipped.
+        in_contrastive = saved is not None and saved["stage"] in ("contrastive", "head")
         if params.mntp.steps > 0 and not in_contrastive:
             from peft import set_peft_model_state_dict
 
@@ -294,7 +296,9 @@ def adapt_text_encoder(
             set_peft_model_state_dict(peft_model, saved["adapter"])
             if head is not None and saved.get("head") is not None:
                 head.load_state_dict(saved["head"])
-            start_step, optimizer_state = saved["step"], saved["optimizer"]
+            start_step, optimizer_state = ((params.contrastive.steps, None)
+                                           if saved["stage"] == "head"
+                                           else (saved["step"], saved["optimizer"]))
         teacher = None
         if params.contrastive.distill_weight > 0 and params.contrastive.steps > start_step:
             from cxr_assets.text.baselines import MiniLMEncoder
@@ -323,6 +327,10 @@ def adapt_text_encoder(
             name = "contrastive" if params.mntp.merge or params.mntp.steps == 0 else "mntp_contrastive"
             save_adapter(peft_model, adapter_tmp / name, params.base_model)
             adapters[name] = adapter_tmp / name
+        # What a stage-three checkpoint needs to rebuild the body without stages one and two.
+        body_state = {"adapter": _adapter_state(peft_model), "mntp_adapter": mntp_adapter_state,
+                      "mntp_losses": mntp_losses, "contrastive_losses": contrastive_losses,
+                      "mntp_eval": mntp_eval} if params.head_training.steps > 0 else {}
         merged = peft_model.merge_and_unload()
         encoder = TextEncoder(merged, tokenizer, params.pooling, params.instruction,
                               params.max_length, base_model=params.base_model,
@@ -343,9 +351,10 @@ def adapt_text_encoder(
         if beside_mean:  # the head trains on top of the post-processed mean: fit that first
             fit_postprocess()
         if params.head_training.steps > 0:
+            resume = saved if saved is not None and saved["stage"] == "head" else None
             head_losses = _train_head(merged, tokenizer, head, pairs, hard_negatives, tasks,
                                       params, seed, progress, stage_log("head"),
-                                      encoder.postprocess)
+                                      encoder.postprocess, ckpt, body_state, resume)
         if not beside_mean:  # the statistics of the final pooled output
             fit_postprocess()
         out_dir = Path(out_dir)
@@ -409,8 +418,13 @@ def _check_release(folder: Path, params: TextEncoderParams) -> Path:
 def _train_head(body: Any, tokenizer: Any, head: Any, pairs: list[tuple[str, str]],
                 hard_negatives: list[str | None] | None, tasks: list[str] | None,
                 params: TextEncoderParams, seed: int, progress: bool,
-                log: Callable[[int, float], None] | None, postprocess: Any) -> list[float]:
-    """Stage three: token states of the pairs' texts once, then the head alone on them."""
+                log: Callable[[int, float], None] | None, postprocess: Any,
+                ckpt: Checkpointer, body_state: dict, resume: dict | None) -> list[float]:
+    """Stage three: token states of the pairs' texts once, then the head alone on them.
+
+    Resumable: the token states are saved beside the checkpoint once computed, and the head's
+    checkpoints carry `body_state` (stage two's final adapter), so a killed run starts again at
+    its last head step without recomputing the states or retraining the body."""
     from cxr_assets.text.head_training import CachedTeacher, TokenStates, train_pooling_head
 
     hp = params.head_training
@@ -421,17 +435,38 @@ def _train_head(body: Any, tokenizer: Any, head: Any, pairs: list[tuple[str, str
     hard_negatives = None if hard_negatives is None else [hard_negatives[i] for i in keep]
     tasks = None if tasks is None else [tasks[i] for i in keep]
     texts = [t for pair in pairs for t in pair] + [n for n in hard_negatives or [] if n]
-    states = TokenStates.compute(body, tokenizer, texts, params.max_length,
-                                 params.embed_batch_size, progress)
+    states_file = None if ckpt.folder is None else ckpt.folder / TOKEN_STATES_FILE
+    states = (TokenStates.load(states_file, ckpt.key)
+              if states_file is not None and params.checkpoint.resume else None)
+    if states is None:
+        if ckpt.file is not None:  # a kill from here on skips stages one and two
+            ckpt.save({**body_state, "stage": "head", "step": 0, "head": head.state_dict(),
+                       "optimizer": None, "head_losses": []})
+        states = TokenStates.compute(body, tokenizer, texts, params.max_length,
+                                     params.embed_batch_size, progress)
+        if states_file is not None:
+            states.save(states_file, ckpt.key)
     teacher = None
     if hp.distill_weight > 0:
         from cxr_assets.text.baselines import MiniLMEncoder
 
         teacher = CachedTeacher(MiniLMEncoder(), texts)
-    return train_pooling_head(head, states, pairs, hp.as_contrastive(), seed + 3, hard_negatives,
-                              tasks, teacher, progress, log, pooling=params.pooling,
-                              mean_weight=params.latent_attention.mean_weight,
-                              postprocess=postprocess)
+    losses: list[float] = list(resume["head_losses"]) if resume else []
+    start_step = resume["step"] if resume else 0
+
+    def checkpoint(step: int, optimizer: Any) -> None:
+        if ckpt.due(step, hp.steps):
+            ckpt.save({**body_state, "stage": "head", "step": step + 1,
+                       "head": head.state_dict(), "optimizer": optimizer.state_dict(),
+                       "head_losses": losses})
+
+    train_pooling_head(head, states, pairs, hp.as_contrastive(), seed + 3, hard_negatives,
+                       tasks, teacher, progress, _collect(log, losses), pooling=params.pooling,
+                       mean_weight=params.latent_attention.mean_weight,
+                       postprocess=postprocess, start_step=start_step,
+                       optimizer_state=resume["optimizer"] if resume else None,
+                       on_step=checkpoint)
+    return losses
 
 
 def _gradient_checkpointing(peft_model: Any, enabled: bool) -> None:

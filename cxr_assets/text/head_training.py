@@ -14,7 +14,9 @@ learns what the mean misses rather than replacing it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -61,6 +63,29 @@ class TokenStates:
             body.train(was_training)
         return cls(states)
 
+    def save(self, file: Path, key: str) -> None:
+        """Write the states for a resumed run (atomic: a kill mid-write leaves no file)."""
+        import torch
+
+        file = Path(file)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(f".{file.name}.{uuid.uuid4().hex[:8]}")
+        torch.save({"key": key, "texts": list(self.states), "states": list(self.states.values())},
+                   tmp)
+        tmp.replace(file)
+
+    @classmethod
+    def load(cls, file: Path, key: str) -> TokenStates | None:
+        """The states `save` wrote for the run `key`; None when absent or from another run."""
+        import torch
+
+        if not Path(file).is_file():
+            return None
+        stored = torch.load(file, map_location="cpu", weights_only=True)
+        if stored.get("key") != key:
+            return None
+        return cls(dict(zip(stored["texts"], stored["states"])))
+
     def batch(self, texts: list[str]) -> tuple[Any, Any]:
         """Left-padded float32 [B, T, D] states and their [B, T] mask (as the encoder pads)."""
         import torch
@@ -106,11 +131,15 @@ def train_pooling_head(
     pooling: str = "latent_attention",
     mean_weight: float = 0.5,
     postprocess: Any = None,
+    start_step: int = 0,
+    optimizer_state: dict | None = None,
+    on_step: Callable[[int, Any], None] | None = None,
 ) -> list[float]:
     """`params.steps` contrastive steps on the head alone (params: ContrastiveParams); returns
     the losses. The head is left in eval mode. pooling: 'latent_attention' or
     'mean_and_latent_attention' (then `mean_weight` and the mean's fitted `postprocess`, an
-    EmbeddingPostprocess or None, shape the embedding as TextEncoder.encode does)."""
+    EmbeddingPostprocess or None, shape the embedding as TextEncoder.encode does). start_step,
+    optimizer_state and on_step resume a killed run as in contrastive_steps."""
     import torch
 
     from cxr_assets.text.contrastive import contrastive_steps
@@ -132,6 +161,8 @@ def train_pooling_head(
     try:
         return contrastive_steps(embed, [p for p in head.parameters() if p.requires_grad], pairs,
                                  params, seed, hard_negatives, tasks, teacher=teacher,
-                                 progress=progress, log_fn=log_fn, desc="pooling head")
+                                 progress=progress, log_fn=log_fn, desc="pooling head",
+                                 start_step=start_step, optimizer_state=optimizer_state,
+                                 on_step=on_step)
     finally:
         head.eval()

@@ -360,3 +360,47 @@ def test_head_beside_the_mean_learns_on_top_of_the_post_processed_mean(
         assert np.allclose(vectors @ vectors.T, expected, atol=2e-2)
     with pytest.raises(ValueError, match="trains its head in stage three"):
         _params(tiny_dir, pooling="mean_and_latent_attention")
+
+
+def test_head_stage_resumes_after_a_kill_without_recomputing_states(
+        tiny_dir: Path, reports, tmp_path: Path, monkeypatch) -> None:
+    """A run killed in stage three restarts at its last head checkpoint: stages one and two are
+    not retrained, the token states are read back, and the encoder equals an uninterrupted one."""
+    from cxr_assets.text.head_training import TokenStates
+
+    pairs = [(r, r.lower()) for r in reports]
+    params = _params(tiny_dir, pooling="mean_and_latent_attention",
+                     latent_attention={"num_latents": 8, "num_heads": 8},
+                     mntp={"steps": 2, "batch_size": 4, "eval_batch_size": 2},
+                     contrastive={"steps": 2, "batch_size": 4},
+                     head_training={"steps": 8, "batch_size": 4, "warmup_steps": 2,
+                                    "distill_weight": 0.0},
+                     checkpoint={"every_n_steps": 3})
+    whole = adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "whole",
+                               seed=5, progress=False)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at(stage: str, step: int, loss: float) -> None:
+        if (stage, step) == ("head", 7):
+            raise Killed
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(Killed):
+        adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "resumed",
+                           seed=5, progress=False, log_fn=kill_at, checkpoint_dir=ckpt)
+    assert (ckpt / "token_states.pt").is_file()
+    computed: list[int] = []
+    real_compute = TokenStates.compute.__func__
+    monkeypatch.setattr(TokenStates, "compute", classmethod(
+        lambda cls, *a, **k: computed.append(1) or real_compute(cls, *a, **k)))
+    steps: list[tuple[str, int]] = []
+    resumed = adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "resumed",
+                                 seed=5, progress=False, checkpoint_dir=ckpt,
+                                 log_fn=lambda stage, step, loss: steps.append((stage, step)))
+    assert resumed.resumed_from == "head step 6"
+    assert steps == [("head", 6), ("head", 7)] and not computed
+    assert resumed.head_losses == pytest.approx(whole.head_losses)
+    assert resumed.content_hash == whole.content_hash
+    assert not ckpt.exists()

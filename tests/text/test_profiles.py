@@ -27,7 +27,9 @@ def test_release_profile_differs_only_in_paths_and_text_encoder() -> None:
     release = load_params(REPO / "params.release.yaml")
     base = load_params(REPO / "params.yaml")
     assert release.text_encoder.release_to
-    assert base.text_encoder.init_from == release.text_encoder.release_to
+    # The demo starts from a release that one of the profiles writes.
+    written = {load_params(f).text_encoder.release_to for f in REPO.glob("params.release*.yaml")}
+    assert base.text_encoder.init_from in written, base.text_encoder.init_from
     # A release trained on top of an earlier one names a committed release folder, never itself.
     start = release.text_encoder.init_from
     if start is not None:
@@ -35,7 +37,7 @@ def test_release_profile_differs_only_in_paths_and_text_encoder() -> None:
         assert (REPO / start / "encoder_config.json").is_file(), start
     assert release.paths.artifacts_dir != base.paths.artifacts_dir  # the demo's artifacts stay
     base_raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for profile in ("params.release.yaml", "params.release_v3.yaml"):
+    for profile in ("params.release.yaml", "params.release_v3.yaml", "params.release_v4.yaml"):
         raw = yaml.safe_load((REPO / profile).read_text())
         changed = sorted(k for k in base_raw if raw[k] != base_raw[k])
         assert changed == ["paths", "text_encoder"], f"{profile} out of sync: {changed}"
@@ -49,3 +51,21 @@ def test_v3_profile_writes_the_committed_v3_release_from_v2() -> None:
     assert v3.pooling == "latent_attention" and v3.head_training.steps > 0
     assert (REPO / v3.release_to / "pooling_head.safetensors").is_file()
     assert "params.release_v3.yaml" in (REPO / v3.release_to / "MODEL_CARD.md").read_text()
+
+
+def test_v4_profile_writes_the_committed_v4_release_from_v3() -> None:
+    """v4 (a head trained beside the post-processed mean on v2's body, starting from v3's head)
+    is reproducible from its profile, and the demo default uses it as released."""
+    v4 = load_params(REPO / "params.release_v4.yaml").text_encoder
+    v3 = load_params(REPO / "params.release_v3.yaml").text_encoder
+    demo = load_params(REPO / "params.yaml").text_encoder
+    assert v4.init_from == v3.release_to and v4.release_to != v3.release_to
+    assert v4.pooling == "mean_and_latent_attention" and v4.head_training.steps > 0
+    assert v4.postprocess.method != "none"
+    folder = REPO / v4.release_to
+    assert (folder / "pooling_head.safetensors").is_file()
+    assert (folder / "postprocess.safetensors").is_file()
+    assert "params.release_v4.yaml" in (folder / "MODEL_CARD.md").read_text()
+    if demo.init_from == v4.release_to:  # the demo loads it with the same pooling and weight
+        assert demo.pooling == v4.pooling
+        assert demo.latent_attention.mean_weight == v4.latent_attention.mean_weight

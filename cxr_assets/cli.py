@@ -41,8 +41,21 @@ def cmd_stage(args) -> int:
     from cxr_assets.stages import stage_module
 
     params, paths = _load(args)
-    result = stage_module(args.name).run(params, paths, progress=not args.no_progress)
-    return _print_result(result)
+    if args.shard is None:
+        result = stage_module(args.name).run(params, paths, progress=not args.no_progress)
+        return _print_result(result)
+    from cxr_assets.embed.sharding import parse_shard
+
+    if args.name != "report_embeddings":
+        print(f"error: --shard is for report_embeddings only, not {args.name}", file=sys.stderr)
+        return 2
+    try:
+        shard = parse_shard(args.shard, params.text_encoder.embed_shards)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return _print_result(stage_module(args.name).run(params, paths, progress=not args.no_progress,
+                                                     shard=shard))
 
 
 def cmd_reevaluate(args) -> int:
@@ -139,6 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
     p.add_argument("name", choices=STAGE_NAMES)
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="report_embeddings only: encode shard I of N into the embedding cache "
+                   "(N defaults to text_encoder.embed_shards); run the stage without --shard "
+                   "afterwards to write the table")
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("reevaluate", help="re-evaluate models:/<name>@champion on the current test split")

@@ -280,6 +280,10 @@ class TextEncoderParams(_Section):
     release_to: str | None = Field(None, description="also write a release folder here (LoRA "
                                    "adapters, pooling head, post-processing: small enough for git)")
     embed_batch_size: int = Field(16, ge=1)
+    embed_shards: int = Field(
+        1, ge=1, description="report_embeddings split into this many shards (by text hash), run "
+        "in parallel as Dagster steps or `cxr stage report_embeddings --shard I/N`, then merged "
+        "into the same table; 1 = one process")
     postprocess: PostprocessParams = PostprocessParams()
     checkpoint: TextCheckpointParams = TextCheckpointParams()
     lora: LoraParams = LoraParams()

@@ -106,6 +106,19 @@ def _to_matrix(column: pa.ChunkedArray) -> np.ndarray:
     return flat.reshape(len(column), width)
 
 
+def encode_missing(encoder, cache: EmbeddingCache, keys: list[str], texts: list[str],
+                   instruction: str | None, batch_size: int) -> int:
+    """Encode the texts whose key is not cached yet (each once) and add them to the cache as one
+    shard, kept even if a later chunk fails. Returns how many texts were encoded."""
+    todo = cache.missing(keys)
+    if todo:
+        first_text = dict(zip(reversed(keys), reversed(texts)))
+        vectors = encoder.encode([first_text[k] for k in todo], instruction=instruction,
+                                 batch_size=batch_size, progress=False)
+        cache.add(todo, vectors)
+    return len(todo)
+
+
 @dataclass
 class EmbeddingSummary:
     n_rows: int
@@ -145,13 +158,7 @@ def embed_table(
         for chunk in iter_parquet_chunks(table_file, chunk_size, [*keep_columns, text_column]):
             texts = chunk[text_column].fill_null("").to_list()
             keys = [text_hash(t, instruction) for t in texts]
-            todo = cache.missing(keys)
-            if todo:
-                first_text = dict(zip(reversed(keys), reversed(texts)))
-                vectors = encoder.encode([first_text[k] for k in todo], instruction=instruction,
-                                         batch_size=batch_size, progress=False)
-                cache.add(todo, vectors)  # kept even if a later chunk fails
-                n_computed += len(todo)
+            n_computed += encode_missing(encoder, cache, keys, texts, instruction, batch_size)
             vectors = cache.get(keys) if keys else np.zeros((0, encoder.dim), np.float32)
             out.write(chunk.select(keep_columns).with_columns(
                 pl.Series("embedding", vectors, dtype=pl.Array(pl.Float32, encoder.dim)),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
@@ -14,6 +16,7 @@ from dagster import (
     SkipReason,
     define_asset_job,
     in_process_executor,
+    multiprocess_executor,
     sensor,
 )
 
@@ -29,6 +32,39 @@ cxr_pipeline = define_asset_job(
     description="The whole chain: ingestion -> reports -> text encoder -> CLIP -> evaluation -> promotion.",
     # Run-level limits of infra/dagster/dagster.yaml (queued run coordinator) key on these tags.
     tags={"cxr/gpu": "1", "cxr/dvc": "1", "cxr/duckdb": "1", "cxr/mlflow": "1"},
+)
+
+STEP_EXECUTOR_ENV = "CXR_STEP_EXECUTOR"
+
+
+def parallel_step_executor():
+    """Where the steps of a parallel job run: one process per step here (Dagster's
+    multiprocess_executor); with CXR_STEP_EXECUTOR=k8s (set in infra/k8s/dagster-values.yaml)
+    one Kubernetes Job per step (dagster-k8s's k8s_job_executor, which takes the image, env and
+    volumes of the run launcher)."""
+    choice = os.environ.get(STEP_EXECUTOR_ENV, "multiprocess")
+    if choice == "multiprocess":
+        return multiprocess_executor
+    if choice == "k8s":
+        try:
+            from dagster_k8s import k8s_job_executor
+        except ImportError as error:
+            raise ImportError(f"{STEP_EXECUTOR_ENV}=k8s needs dagster-k8s: pip install "
+                              "'.[k8s]' (the infra/Dockerfile image has it)") from error
+        return k8s_job_executor
+    raise ValueError(f"{STEP_EXECUTOR_ENV} is {choice!r}: use multiprocess or k8s")
+
+
+# report_embeddings alone, its shard steps in parallel (text_encoder.embed_shards of them).
+# Concurrency: `execution: {config: {max_concurrent: N}}` in the run config
+# (default: one step per CPU); on Kubernetes every step is its own pod.
+report_embeddings_sharded = define_asset_job(
+    "report_embeddings_sharded",
+    selection=AssetSelection.assets("report_embeddings"),
+    description="report_embeddings with its text_encoder.embed_shards shards run in parallel "
+    "(one process or pod each), then merged into the same table one process writes.",
+    executor_def=parallel_step_executor(),
+    tags={"cxr/gpu": "1", "cxr/dvc": "1"},
 )
 champion_reevaluation_job = define_asset_job(
     "champion_reevaluation_job",
@@ -91,7 +127,7 @@ def new_data_batch_sensor(context: SensorEvaluationContext, pipeline: PipelineCo
 
 defs = Definitions(
     assets=[*pipeline_assets, reevaluation_asset, ingest_batch_asset],
-    jobs=[cxr_pipeline, champion_reevaluation_job, ingest_batch_job],
+    jobs=[cxr_pipeline, report_embeddings_sharded, champion_reevaluation_job, ingest_batch_job],
     schedules=[champion_reevaluation],
     sensors=[new_ingest_batch_sensor, new_data_batch_sensor, run_failure_alerts],
     resources={"pipeline": PipelineConfig(), "dvc": DvcRecorder()},

@@ -73,7 +73,8 @@ def run_key(params: TextEncoderParams, seed: int, reports: list[str],
             tasks: list[str] | None) -> str:
     """What a checkpoint must match to be resumed: the training params, seed and data."""
     digest = hashlib.sha256()
-    training = params.model_dump(exclude={"evaluation", "mlflow", "checkpoint", "embed_batch_size"})
+    training = params.model_dump(exclude={"evaluation", "mlflow", "checkpoint", "embed_batch_size",
+                                        "embed_shards"})
     digest.update(json.dumps({"params": training, "seed": seed}, sort_keys=True).encode())
     for item in (reports, pairs, hard_negatives or [], tasks or []):
         digest.update(json.dumps(item).encode())

@@ -54,10 +54,11 @@ def main(argv: list[str]) -> int:
 
     from cxr_assets.config import parse_params
     from cxr_assets.paths import ProjectPaths
-    from cxr_assets.stages.text_encoder import _baseline, training_data
     from cxr_assets.text.adapt import adapt_text_encoder
+    from cxr_assets.text.corpus import training_data
     from cxr_assets.text.encoder import TextEncoder
     from cxr_assets.text.evaluation import build_eval_set, load_iu_reports, score_encoder
+    from cxr_assets.text.heldout import baseline_encoder
     from cxr_assets.text.postprocess import fit_for, fit_sample
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,7 +97,7 @@ def main(argv: list[str]) -> int:
 
     for name in [b for b in BASELINES if f"baseline:{b}" not in done]:
         start = time.perf_counter()
-        encoder = _baseline(name, params, paths, iu_train, None, progress=False)
+        encoder = baseline_encoder(name, params, paths, iu_train, None, progress=False)
         scores = score_encoder(encoder, data, {name: None, f"{name}+pp": fit_for(encoder, fit_texts)})
         record(f"baseline:{name}", scores, time.perf_counter() - start, {})
         print(f"baseline {name} done", flush=True)

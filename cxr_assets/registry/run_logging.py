@@ -1,5 +1,6 @@
 """What the stages log to MLflow: the CLIP training run and its registered version, the
-evaluation added to that run (and tagged on the version for promotion), the tower comparison.
+evaluation added to that run (and tagged on the version for promotion), the tower comparison
+(the text encoder's run: registry/text_logging.py).
 
 Each function expects `tracking.configure_mlflow` to have pointed MLflow at the store.
 """

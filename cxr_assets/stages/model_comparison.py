@@ -31,7 +31,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     from cxr_assets.evaluate.towers import tower_embeddings
     from cxr_assets.registry.run_logging import log_comparison
     from cxr_assets.registry.tracking import configure_mlflow
-    from cxr_assets.stages.text_encoder import training_data
+    from cxr_assets.text.corpus import training_data
 
     require("model_comparison", {
         "study_embeddings": [paths.study_embeddings_table],

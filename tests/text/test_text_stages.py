@@ -117,7 +117,7 @@ def test_stages_train_on_variants_evaluate_log_and_cache(tiny_dir: Path, tmp_pat
 
 @pytest.mark.skipif(not IU_CSV.is_file(), reason="shared IU reports absent")
 def test_iu_corpus_trains_only_on_the_training_part(tiny_dir: Path, tmp_path: Path) -> None:
-    from cxr_assets.stages.text_encoder import training_data
+    from cxr_assets.text.corpus import training_data
     from cxr_assets.text.evaluation import load_iu_reports
 
     params, paths = _project(tmp_path, tiny_dir, corpus={"source": "iu_csv", "iu_csv": str(IU_CSV)})

@@ -4,7 +4,7 @@ A saved encoder is a plain folder: the merged transformer body (`model.safetenso
 `config.json`), the tokenizer files, for latent-attention pooling the head
 (`pooling_head.safetensors`), the fitted embedding post-processing (`postprocess.safetensors`,
 applied by `encode`), and `encoder_config.json` (pooling, instruction, separator, max_length,
-base_model, dim, bidirectional, content_hash). `content_hash` identifies what the encoder computes
+base_model, dim, bidirectional, mean_weight for a head beside the mean, content_hash). `content_hash` identifies what the encoder computes
 (all weight/config/tokenizer bytes + the encoding settings), so embedding caches can key on it.
 
 A release folder (`text/release.py`) holds only what differs from the base model (LoRA deltas,
@@ -36,7 +36,9 @@ from cxr_assets.text.postprocess import POSTPROCESS_FILE
 
 
 class TextEncoder:
-    """Bidirectional LLM report encoder: `encode(texts) -> float32 [N, dim]` (not normalised)."""
+    """LLM report encoder (bidirectional or causal): `encode(texts) -> float32 [N, dim]`, not
+    normalised, except with pooling 'mean_and_latent_attention', whose two weighted unit-length
+    halves make a unit-length vector of twice the hidden size."""
 
     def __init__(
         self,

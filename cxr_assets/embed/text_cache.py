@@ -107,14 +107,14 @@ def _to_matrix(column: pa.ChunkedArray) -> np.ndarray:
 
 
 def encode_missing(encoder, cache: EmbeddingCache, keys: list[str], texts: list[str],
-                   instruction: str | None, batch_size: int) -> int:
+                   instruction: str | None, batch_size: int, progress: bool = False) -> int:
     """Encode the texts whose key is not cached yet (each once) and add them to the cache as one
     shard, kept even if a later chunk fails. Returns how many texts were encoded."""
     todo = cache.missing(keys)
     if todo:
         first_text = dict(zip(reversed(keys), reversed(texts)))
         vectors = encoder.encode([first_text[k] for k in todo], instruction=instruction,
-                                 batch_size=batch_size, progress=False)
+                                 batch_size=batch_size, progress=progress)
         cache.add(todo, vectors)
     return len(todo)
 

@@ -20,16 +20,11 @@ from cxr_assets.paths import ProjectPaths
 def cached_encode(encoder, cache_key: str, texts: list[str], instruction: str | None,
                   paths: ProjectPaths, batch_size: int, progress: bool) -> np.ndarray:
     """Encode through the report-embedding cache, so a rerun encodes only new reports."""
-    from cxr_assets.embed.text_cache import EmbeddingCache, text_hash
+    from cxr_assets.embed.text_cache import EmbeddingCache, encode_missing, text_hash
 
     cache = EmbeddingCache(paths.embedding_cache_dir, cache_key)
     keys = [text_hash(t, instruction) for t in texts]
-    todo = cache.missing(keys)
-    if todo:
-        first = dict(zip(reversed(keys), reversed(texts)))
-        vectors = encoder.encode([first[k] for k in todo], instruction=instruction,
-                                 batch_size=batch_size, progress=progress)
-        cache.add(todo, vectors)
+    encode_missing(encoder, cache, keys, texts, instruction, batch_size, progress)
     return cache.get(keys)
 
 

@@ -37,6 +37,11 @@ def _print_result(result) -> int:
     return 1 if failures else 0
 
 
+# The stages that run in shards (`cxr stage NAME --shard I/N`), and the setting that holds N.
+SHARD_SETTINGS = {"report_embeddings": "text_encoder.embed_shards",
+                  "study_images": "ingest.decode_shards"}
+
+
 def cmd_stage(args) -> int:
     from cxr_assets.stages import stage_module
 
@@ -44,13 +49,16 @@ def cmd_stage(args) -> int:
     if args.shard is None:
         result = stage_module(args.name).run(params, paths, progress=not args.no_progress)
         return _print_result(result)
-    from cxr_assets.embed.sharding import parse_shard
+    from cxr_assets.sharding import parse_shard
 
-    if args.name != "report_embeddings":
-        print(f"error: --shard is for report_embeddings only, not {args.name}", file=sys.stderr)
+    if args.name not in SHARD_SETTINGS:
+        print(f"error: --shard is for {' and '.join(SHARD_SETTINGS)} only, not {args.name}",
+              file=sys.stderr)
         return 2
+    setting = SHARD_SETTINGS[args.name]
+    section, name = setting.split(".")
     try:
-        shard = parse_shard(args.shard, params.text_encoder.embed_shards)
+        shard = parse_shard(args.shard, getattr(getattr(params, section), name), setting)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -153,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage", help="run one pipeline stage (what dvc.yaml calls)")
     p.add_argument("name", choices=STAGE_NAMES)
     p.add_argument("--shard", default=None, metavar="I/N",
-                   help="report_embeddings only: encode shard I of N into the embedding cache "
-                   "(N defaults to text_encoder.embed_shards); run the stage without --shard "
-                   "afterwards to write the table")
+                   help="report_embeddings: encode shard I of N into the embedding cache (N "
+                   "defaults to text_encoder.embed_shards); study_images: decode shard I of N "
+                   "into the image cache (N defaults to ingest.decode_shards); run the stage "
+                   "without --shard afterwards to write the table")
     p.set_defaults(func=cmd_stage)
 
     p = sub.add_parser("reevaluate", help="re-evaluate models:/<name>@champion on the current test split")

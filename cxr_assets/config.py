@@ -88,6 +88,10 @@ class IngestParams(_Section):
     image_size: int = Field(224, ge=32, le=2048, description="cached image side (resize + pad)")
     cache_bits: Literal[8, 16] = 8
     workers: int = Field(2, ge=1, le=64)
+    decode_shards: int = Field(
+        1, ge=1, description="study_images split into this many shards (by image cache key), run "
+        "in parallel as Dagster steps or `cxr stage study_images --shard I/N`, then merged into "
+        "the same table; 1 = one process")
 
 
 class QualityParams(_Section):

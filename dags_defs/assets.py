@@ -5,6 +5,8 @@ no stage logic lives here.
 """
 
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,10 +90,7 @@ ingest_batches = DynamicPartitionsDefinition(name="ingest_batches")
 
 
 def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True, partitions_def=None):
-    check_specs = [
-        AssetCheckSpec(c.name, asset=spec.name, blocking=c.blocking, description=c.description)
-        for c in spec.checks
-    ]
+    check_specs = _check_specs(spec)
 
     @asset(
         name=spec.name,
@@ -119,100 +118,198 @@ def build_stage_asset(spec: StageSpec, record_in_dvc: bool = True, partitions_de
         metadata["params_file"] = MetadataValue.path(str(pipeline.params_path()))
         if record_in_dvc and not result.blocking_failures:
             metadata["dvc"] = dvc.record(spec.name, paths.root, pipeline.params_path())
-        checks = [
-            AssetCheckResult(
-                check_name=c.name,
-                passed=c.passed,
-                severity=AssetCheckSeverity.ERROR if c.blocking else AssetCheckSeverity.WARN,
-                description=c.description,
-                metadata=to_metadata(c.metadata),
-            )
-            for c in result.checks
-        ]
-        for c in result.checks:
-            if not c.passed:
-                context.log.warning(f"check {c.name} failed: {c.description} {c.metadata}")
-        return MaterializeResult(metadata=metadata, check_results=checks or None)
+        return MaterializeResult(metadata=metadata, check_results=_check_results(context, result))
 
     return _stage_asset
 
 
-def build_sharded_embeddings_asset(spec: StageSpec):
-    """report_embeddings as a fan-out graph: plan -> one step per shard -> merge.
+def _check_specs(spec: StageSpec) -> list[AssetCheckSpec]:
+    return [AssetCheckSpec(c.name, asset=spec.name, blocking=c.blocking, description=c.description)
+            for c in spec.checks]
 
-    text_encoder.embed_shards (read when the run starts) sets how many shard steps the plan
-    maps out; each encodes its share of the reports into the embedding cache
-    (cxr_assets/embed/sharding.py), and the merge writes the table from the cache exactly as
-    the single-process stage does. The executor decides where shard steps run: one after
-    another in cxr_pipeline (in_process_executor), in parallel processes in the
-    report_embeddings_sharded job (multiprocess executor), one pod each on Kubernetes.
+
+def _check_results(context, result) -> list[AssetCheckResult] | None:
+    """The stage's checks as Dagster check results (a failed one is also logged)."""
+    for c in result.checks:
+        if not c.passed:
+            context.log.warning(f"check {c.name} failed: {c.description} {c.metadata}")
+    return [
+        AssetCheckResult(
+            check_name=c.name,
+            passed=c.passed,
+            severity=AssetCheckSeverity.ERROR if c.blocking else AssetCheckSeverity.WARN,
+            description=c.description,
+            metadata=to_metadata(c.metadata),
+        )
+        for c in result.checks
+    ] or None
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How a stage runs as a fan-out graph: plan -> one step per shard -> merge.
+
+    The setting (read when the run starts) sets how many shard steps the plan maps out; each
+    runs `stage.run(..., shard=(I, N))`, which does its share of the work into the stage's
+    cache; the merge runs the stage as one process does, which then finds the work done and
+    writes the same table. The executor decides where shard steps run: one after another in
+    cxr_pipeline (in_process_executor), in parallel processes in the <stage>_sharded jobs
+    (multiprocess executor), one pod each on Kubernetes.
     """
-    if set(spec.upstream) != {"text_encoder", "report_texts"}:
-        raise ValueError(f"report_embeddings' graph is wired for text_encoder and report_texts, "
-                         f"STAGES says {spec.upstream}")
 
-    @op(name="plan_shards", ins={"text_encoder": In(Nothing), "report_texts": In(Nothing)},
-        out=DynamicOut(str), description="One shard step per shard of text_encoder.embed_shards.")
-    def plan_shards(context: OpExecutionContext, pipeline: PipelineConfig):
+    setting: str  # params path of N, e.g. "text_encoder.embed_shards"
+    plan_op: str  # op names: unique in the code location
+    shard_op: str
+    merge_op: str
+    shard_description: str
+    merge_description: str
+    # (the merge's metadata, each shard step's metadata) -> the materialization's metadata
+    combine: Callable[[dict, list[dict]], dict]
+
+
+def _by_shard(shards: list[dict]) -> list[dict]:
+    return sorted(shards, key=lambda s: int(s["shard"].split("/")[0]))
+
+
+def _combine_embeddings(merged: dict, shards: list[dict]) -> dict:
+    from cxr_assets.stages.base import TablePreview
+
+    encoded_by_shards = sum(s["n_encoded_now"] for s in shards)
+    return {
+        **merged,
+        # This materialization as a whole: what the shards and the merge encoded.
+        "n_encoded_now": encoded_by_shards + merged["n_encoded_now"],
+        "n_from_cache": merged["n_reports"] - encoded_by_shards - merged["n_encoded_now"],
+        "n_encoded_by_merge": merged["n_encoded_now"],
+        "n_shards": len(shards),
+        "shards": TablePreview([
+            {"shard": s["shard"], "reports in shard": s["n_texts_in_shard"],
+             "encoded now": s["n_encoded_now"], "found cached": s["n_from_cache"]}
+            for s in _by_shard(shards)]),
+    }
+
+
+def _combine_images(merged: dict, shards: list[dict]) -> dict:
+    from cxr_assets.stages.base import TablePreview
+
+    # The merge's figures already cover the whole run: it counts what the shards decoded as
+    # decoded by this run (their records), as one process would.
+    return {
+        **merged,
+        "n_decoded_by_shards": sum(s["n_decoded"] for s in shards),
+        "n_shards": len(shards),
+        "shards": TablePreview([
+            {"shard": s["shard"], "images in shard": s["n_images_in_shard"],
+             "decoded now": s["n_decoded"], "failed": s["n_failed"],
+             "found cached": s["n_reused_from_cache"]}
+            for s in _by_shard(shards)]),
+    }
+
+
+SHARDED_STAGES: dict[str, Sharding] = {
+    "report_embeddings": Sharding(
+        "text_encoder.embed_shards", "plan_shards", "embed_shard", "merge_shards",
+        "Encode one shard's reports into the embedding cache.",
+        "Write report_embeddings from the cache (encodes only what no shard did).",
+        _combine_embeddings),
+    "study_images": Sharding(
+        "ingest.decode_shards", "plan_decode_shards", "decode_shard", "merge_decode_shards",
+        "Decode one shard's images into the image cache.",
+        "Write study_images from the cache and the shards' records (decodes only what no shard "
+        "did).",
+        _combine_images),
+}
+
+
+def _shard_ops(spec: StageSpec, sharding: Sharding):
+    """The plan, shard and merge ops of a sharded stage (cxr_assets/embed/sharding.py,
+    cxr_assets/ingest/image_shards.py)."""
+    section, name = sharding.setting.split(".")
+    check_outs = {s.get_python_identifier(): Out(Nothing) for s in _check_specs(spec)}
+
+    @op(name=sharding.plan_op, ins={u: In(Nothing) for u in spec.upstream},
+        out=DynamicOut(str), description=f"One shard step per shard of {sharding.setting}.")
+    def plan(context: OpExecutionContext, pipeline: PipelineConfig):
         params, _ = pipeline.load()
-        n_shards = params.text_encoder.embed_shards
-        context.log.info(f"report_embeddings in {n_shards} shard(s) (text_encoder.embed_shards)")
+        n_shards = getattr(getattr(params, section), name)
+        context.log.info(f"{spec.name} in {n_shards} shard(s) ({sharding.setting})")
         for shard in range(n_shards):
             # "I/N" travels with the step: every shard step uses the N this plan was made with.
             yield DynamicOutput(f"{shard}/{n_shards}", mapping_key=f"shard_{shard}_of_{n_shards}")
 
-    @op(name="embed_shard", description="Encode one shard's reports into the embedding cache.")
-    def embed_shard(context: OpExecutionContext, pipeline: PipelineConfig, shard: str) -> dict:
-        from cxr_assets.embed.sharding import parse_shard
+    @op(name=sharding.shard_op, description=sharding.shard_description)
+    def run_shard(context: OpExecutionContext, pipeline: PipelineConfig, shard: str) -> dict:
+        from cxr_assets.sharding import parse_shard
 
         params, paths = pipeline.load()
         result = stage_module(spec.name).run(params, paths, progress=True,
-                                             shard=parse_shard(shard))
+                                             shard=parse_shard(shard, None, sharding.setting))
         context.add_output_metadata(to_metadata(result.metadata))
         return result.metadata
 
-    @op(name="merge_shards", pool=POOLS.get(spec.name), out=Out(Nothing),
-        description="Write report_embeddings from the cache (encodes only what no shard did).")
-    def merge_shards(context: OpExecutionContext, pipeline: PipelineConfig, dvc: DvcRecorder,
-                     shards: list[dict]) -> None:
-        from cxr_assets.stages.base import TablePreview
-
+    # One output for the asset ("result"), one per asset check (the graph passes them on).
+    @op(name=sharding.merge_op, pool=POOLS.get(spec.name),
+        out={"result": Out(Nothing), **check_outs}, description=sharding.merge_description)
+    def merge(context: OpExecutionContext, pipeline: PipelineConfig, dvc: DvcRecorder,
+              shards: list[dict]):
         params, paths = pipeline.load()
         result = stage_module(spec.name).run(params, paths, progress=True)
-        merged = result.metadata
-        encoded_by_shards = sum(s["n_encoded_now"] for s in shards)
-        metadata = to_metadata({
-            **merged,
-            # This materialization as a whole: what the shards and the merge encoded.
-            "n_encoded_now": encoded_by_shards + merged["n_encoded_now"],
-            "n_from_cache": merged["n_reports"] - encoded_by_shards - merged["n_encoded_now"],
-            "n_encoded_by_merge": merged["n_encoded_now"],
-            "n_shards": len(shards),
-            "shards": TablePreview([
-                {"shard": s["shard"], "reports in shard": s["n_texts_in_shard"],
-                 "encoded now": s["n_encoded_now"], "found cached": s["n_from_cache"]}
-                for s in sorted(shards, key=lambda s: int(s["shard"].split("/")[0]))]),
-        })
+        metadata = to_metadata(sharding.combine(result.metadata, shards))
         metadata["params_file"] = MetadataValue.path(str(pipeline.params_path()))
-        metadata["dvc"] = dvc.record(spec.name, paths.root, pipeline.params_path())
-        context.add_output_metadata(metadata)
+        if not result.blocking_failures:
+            metadata["dvc"] = dvc.record(spec.name, paths.root, pipeline.params_path())
+        yield MaterializeResult(metadata=metadata, check_results=_check_results(context, result))
 
-    @graph_asset(
-        name=spec.name,
-        ins={name: AssetIn(key=name, dagster_type=Nothing) for name in spec.upstream},
-        group_name=spec.group,
-        kinds=set(spec.kinds),
-        description=stage_doc(spec.name),
-    )
-    def report_embeddings(text_encoder, report_texts):
-        shards = plan_shards(text_encoder=text_encoder, report_texts=report_texts).map(embed_shard)
-        return merge_shards(shards=shards.collect())
-
-    return report_embeddings
+    return plan, run_shard, merge
 
 
-SHARDED_STAGE = "report_embeddings"
-pipeline_assets = [build_sharded_embeddings_asset(spec) if spec.name == SHARDED_STAGE
+def _graph_outputs(spec: StageSpec, merged) -> object:
+    """What the graph returns: the merge's asset output, and its check outputs when it has any."""
+    if not spec.checks:
+        return merged
+    return {"result": merged.result,
+            **{s.get_python_identifier(): getattr(merged, s.get_python_identifier())
+               for s in _check_specs(spec)}}
+
+
+def build_sharded_asset(spec: StageSpec):
+    """A sharded stage (SHARDED_STAGES) as a fan-out graph asset: plan -> shards -> merge."""
+    sharding = SHARDED_STAGES[spec.name]
+    plan, run_shard, merge = _shard_ops(spec, sharding)
+    options = {
+        "name": spec.name,
+        "ins": {name: AssetIn(key=name, dagster_type=Nothing) for name in spec.upstream},
+        "group_name": spec.group,
+        "kinds": set(spec.kinds),
+        "description": stage_doc(spec.name),
+        "check_specs": _check_specs(spec) or None,
+    }
+    if spec.name == "report_embeddings":
+        if set(spec.upstream) != {"text_encoder", "report_texts"}:
+            raise ValueError(f"report_embeddings' graph is wired for text_encoder and "
+                             f"report_texts, STAGES says {spec.upstream}")
+
+        @graph_asset(**options)
+        def report_embeddings(text_encoder, report_texts):
+            shards = plan(text_encoder=text_encoder, report_texts=report_texts).map(run_shard)
+            return _graph_outputs(spec, merge(shards=shards.collect()))
+
+        return report_embeddings
+    if spec.name == "study_images":
+        if spec.upstream != ("raw_studies",):
+            raise ValueError(f"study_images' graph is wired for raw_studies, STAGES says "
+                             f"{spec.upstream}")
+
+        @graph_asset(**options)
+        def study_images(raw_studies):
+            shards = plan(raw_studies=raw_studies).map(run_shard)
+            return _graph_outputs(spec, merge(shards=shards.collect()))
+
+        return study_images
+    raise ValueError(f"no fan-out graph is wired for {spec.name}")
+
+
+pipeline_assets = [build_sharded_asset(spec) if spec.name in SHARDED_STAGES
                    else build_stage_asset(spec) for spec in STAGES]
 # Re-evaluation is scheduled monitoring, not a DVC stage: nothing to record in dvc.lock.
 reevaluation_asset = build_stage_asset(REEVALUATION, record_in_dvc=False)

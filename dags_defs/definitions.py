@@ -66,6 +66,16 @@ report_embeddings_sharded = define_asset_job(
     executor_def=parallel_step_executor(),
     tags={"cxr/gpu": "1", "cxr/dvc": "1"},
 )
+# study_images alone, its decode shard steps in parallel (ingest.decode_shards of them); the
+# same executor and concurrency setting as report_embeddings_sharded.
+study_images_sharded = define_asset_job(
+    "study_images_sharded",
+    selection=AssetSelection.assets("study_images"),
+    description="study_images with its ingest.decode_shards shards run in parallel "
+    "(one process or pod each), then merged into the same table one process writes.",
+    executor_def=parallel_step_executor(),
+    tags={"cxr/dvc": "1"},
+)
 champion_reevaluation_job = define_asset_job(
     "champion_reevaluation_job",
     selection=AssetSelection.assets(reevaluation_asset),
@@ -127,7 +137,8 @@ def new_data_batch_sensor(context: SensorEvaluationContext, pipeline: PipelineCo
 
 defs = Definitions(
     assets=[*pipeline_assets, reevaluation_asset, ingest_batch_asset],
-    jobs=[cxr_pipeline, report_embeddings_sharded, champion_reevaluation_job, ingest_batch_job],
+    jobs=[cxr_pipeline, report_embeddings_sharded, study_images_sharded, champion_reevaluation_job,
+          ingest_batch_job],
     schedules=[champion_reevaluation],
     sensors=[new_ingest_batch_sensor, new_data_batch_sensor, run_failure_alerts],
     resources={"pipeline": PipelineConfig(), "dvc": DvcRecorder()},

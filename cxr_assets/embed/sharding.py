@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cxr_assets import sharding
 from cxr_assets.embed.text_cache import CHUNK_SIZE, EmbeddingCache, encode_missing, text_hash
 from cxr_assets.failpoints import failpoint
 
@@ -40,30 +41,16 @@ CHUNK_CACHED_FAILPOINT = "embed_shard_chunk_cached"
 
 def check_shard(shard: int, n_shards: int) -> None:
     """A clear error, naming the setting, for a shard that does not exist."""
-    if n_shards < 1:
-        raise ValueError(f"{SHARDS_SETTING} must be >= 1, got {n_shards}")
-    if not 0 <= shard < n_shards:
-        raise ValueError(f"shard {shard} does not exist with {SHARDS_SETTING} = {n_shards}: "
-                         f"shards are numbered 0..{n_shards - 1}")
+    sharding.check_shard(shard, n_shards, SHARDS_SETTING)
 
 
 def parse_shard(spec: str, n_default: int | None = None) -> tuple[int, int]:
     """'I/N' -> (I, N); 'I' alone takes N from n_default (text_encoder.embed_shards)."""
-    index, slash, total = spec.partition("/")
-    try:
-        shard = int(index)
-        n_shards = int(total) if slash else n_default
-    except ValueError:
-        raise ValueError(f"a shard is I/N (e.g. 0/2) or I, got {spec!r}") from None
-    if n_shards is None:
-        raise ValueError(f"a shard is I/N (e.g. 0/2) here, got {spec!r}")
-    check_shard(shard, n_shards)
-    return shard, n_shards
+    return sharding.parse_shard(spec, n_default, SHARDS_SETTING)
 
 
-def shard_of(key: str, n_shards: int) -> int:
-    """The shard of a text: its hash (hex) modulo n_shards; stable across processes and runs."""
-    return int(key, 16) % n_shards
+# The shard of a text: its hash (hex) modulo n_shards; stable across processes and runs.
+shard_of = sharding.shard_of
 
 
 @dataclass

@@ -151,6 +151,11 @@ _ADDED_SCHEMA: dict[str, pl.DataType] = {
     "cache_path": pl.String, "cache_key": pl.String, "was_cached": pl.Boolean,
     "pixel_sha256": pl.String,
 }
+# What a run's earlier work (the shards of a sharded run) found for each image it decoded: its
+# pixel digest, or why it cannot be cached (error; pixel_sha256 null). One row per cache key.
+RECORD_SCHEMA: dict[str, pl.DataType] = {
+    "cache_key": pl.String, "pixel_sha256": pl.String, "error": pl.String,
+}
 
 
 def _digest_task(out_path: str) -> tuple[None, str]:
@@ -169,34 +174,51 @@ def _make_pool(workers: int) -> Executor:
 
 
 class _DigestIndex:
-    """Exact index of 32-byte digests (sha256), each with an int64 value, grown chunk by chunk.
+    """Exact index of 32-byte digests (sha256), each with a value, grown chunk by chunk.
 
-    A sorted numpy array: 40 bytes an entry (a dict of hex strings costs ~200), looked up with
-    one vectorised searchsorted and grown with one merge per chunk.
+    A sorted numpy array: 40 bytes an entry with int64 values, 64 with 32-byte values (a dict of
+    hex strings costs ~200), looked up with one vectorised searchsorted and grown with one merge
+    per chunk. `value_dtype` "S32" stores a digest per entry (read back with find_digests).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, value_dtype: str = "int64") -> None:
         self._keys = np.empty(0, dtype="S32")
-        self._values = np.empty(0, dtype=np.int64)
+        self._values = np.empty(0, dtype=value_dtype)
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def find(self, digests: list[bytes]) -> np.ndarray:
-        """The value stored for each digest, -1 where it is absent."""
+    def _lookup(self, digests: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """(position, found) of each digest."""
         query = np.array(digests, dtype="S32")
         if not len(self._keys) or not len(query):
-            return np.full(len(query), -1, dtype=np.int64)
+            return np.zeros(len(query), dtype=np.int64), np.zeros(len(query), dtype=bool)
         at = np.minimum(np.searchsorted(self._keys, query), len(self._keys) - 1)
-        return np.where(self._keys[at] == query, self._values[at], -1)
+        return at, self._keys[at] == query
 
-    def add(self, digests: list[bytes], values: list[int]) -> None:
+    def find(self, digests: list[bytes]) -> np.ndarray:
+        """The value stored for each digest, -1 where it is absent (int64 values)."""
+        at, found = self._lookup(digests)
+        if not len(self._keys):
+            return np.full(len(at), -1, dtype=np.int64)
+        return np.where(found, self._values[at], -1)
+
+    def find_digests(self, digests: list[bytes]) -> list[str | None]:
+        """The digest stored for each digest, as hex, None where it is absent ("S32" values)."""
+        at, found = self._lookup(digests)
+        if not found.any():
+            return [None] * len(at)
+        # Raw bytes through a uint8 view: an "S32" scalar would drop trailing zero bytes.
+        raw = self._values[at].view(np.uint8).reshape(-1, 32)
+        return [row.tobytes().hex() if hit else None for row, hit in zip(raw, found.tolist())]
+
+    def add(self, digests: list[bytes], values: list) -> None:
         """Insert digests that are not in the index yet (and unique among themselves)."""
         if not digests:
             return
         query = np.array(digests, dtype="S32")
         order = np.argsort(query, kind="stable")
-        query, values_sorted = query[order], np.asarray(values, dtype=np.int64)[order]
+        query, values_sorted = query[order], np.asarray(values, dtype=self._values.dtype)[order]
         at = np.searchsorted(self._keys, query)
         self._keys = np.insert(self._keys, at, query)
         self._values = np.insert(self._values, at, values_sorted)
@@ -233,10 +255,15 @@ class ImageCacheStream:
     submitted and unfinished at any time. The rows, their order and the quarantine do not depend
     on the chunking: a chunked run gives exactly what one chunk gives.
 
+    `prior` (RECORD_SCHEMA) is what the shards of this run decoded (cxr_assets/ingest/
+    image_shards.py): those images count as decoded by this run (was_cached false) and their
+    digests and failures are taken from it, so the run reads no image a shard has done, and
+    writes the rows and quarantine one process decoding everything would.
+
     What outlives a chunk, and so grows with the number of images: two _DigestIndex (cache keys
-    decoded by this run, pixel digests seen; 32-40 bytes an image), the image_path of each output
-    row (to name the first image in a duplicate's reason; Arrow strings, shared with the output
-    frames), failed keys and the quarantine rows.
+    decoded by this run with their pixel digest, pixel digests seen; 40-64 bytes an image), the
+    image_path of each output row (to name the first image in a duplicate's reason; Arrow
+    strings, shared with the output frames), failed keys and the quarantine rows.
     """
 
     def __init__(
@@ -252,6 +279,7 @@ class ImageCacheStream:
         window: int | None = None,
         images_per_task: int = IMAGES_PER_TASK,
         total: int | None = None,
+        prior: pl.DataFrame | None = None,
     ) -> None:
         _check_params(size, bits, chunk_rows, window)
         if images_per_task < 1:
@@ -265,7 +293,7 @@ class ImageCacheStream:
         self.images_per_task = images_per_task
         self._chunks = _as_chunks(images, chunk_rows)
         self._total = total
-        self._made = _DigestIndex()  # cache keys decoded by this run (value unused)
+        self._made = _DigestIndex("S32")  # cache key decoded by this run -> its pixel digest
         self._failed: dict[str, str] = {}  # cache key -> decode error (failures only: few)
         self._first = _DigestIndex()  # pixel digest -> output row of the first image with it
         self._kept_paths: list[pl.Series] = []  # image_path of the output rows, per chunk
@@ -276,13 +304,25 @@ class ImageCacheStream:
         self._pool_broken = False
         self._started = self._finished = False
         self.n_input = self.n_output = self.n_reused = 0
+        self.desc = STAGE
+        if prior is not None:
+            self._seed(prior)
+
+    def _seed(self, prior: pl.DataFrame) -> None:
+        """Take `prior` (RECORD_SCHEMA) as decoded by this run: digests and failures known."""
+        done = prior.filter(pl.col("error").is_null()).unique("cache_key", maintain_order=True)
+        self._made.add([bytes.fromhex(k) for k in done["cache_key"].to_list()],
+                       [bytes.fromhex(d) for d in done["pixel_sha256"].to_list()])
+        failed = prior.filter(pl.col("error").is_not_null()
+                              & ~pl.col("cache_key").is_in(done["cache_key"].implode()))
+        self._failed.update(zip(failed["cache_key"].to_list(), failed["error"].to_list()))
 
     # ------------------------------------------------------------------ results
     def __iter__(self) -> Iterator[pl.DataFrame]:
         if self._started:
             raise RuntimeError("an ImageCacheStream can be iterated only once")
         self._started = True
-        bar = tqdm(total=self._total, desc="study_images", unit="img", disable=not self.progress)
+        bar = tqdm(total=self._total, desc=self.desc, unit="img", disable=not self.progress)
         try:
             for chunk in self._chunks:
                 yield self._process(chunk, bar)
@@ -305,28 +345,27 @@ class ImageCacheStream:
         keys = [cache_key(sha, self.size, self.bits) for sha in chunk["file_sha256"].to_list()]
         paths = [str(cache_path_for(self.cache_dir, key)) for key in keys]
         image_paths = chunk["image_path"].to_list()
-        # Decoded earlier in this run: not "was cached" (as when the whole table is one chunk).
-        made = self._made.find([bytes.fromhex(key) for key in keys]) >= 0
-        was_cached = [not m and os.path.isfile(p) for m, p in zip(made.tolist(), paths)]
+        # Decoded earlier in this run (or by its shards): not "was cached" (as when the whole
+        # table is one chunk), and the pixel digest is known.
+        made = self._made.find_digests([bytes.fromhex(key) for key in keys])
+        exists = [os.path.isfile(p) for p in paths]
+        was_cached = [m is None and e for m, e in zip(made, exists)]
 
         # One task per key, even when several rows share the same file content.
         tasks: dict[str, tuple] = {}
-        for key, path, cached, remade, image_path in zip(keys, paths, was_cached, made.tolist(),
-                                                         image_paths):
-            if key in tasks or key in self._failed:
+        results: dict[str, tuple[str | None, str | None]] = {}
+        for key, path, digest, exist, image_path in zip(keys, paths, made, exists, image_paths):
+            if key in tasks or key in results or key in self._failed:
                 continue
-            if cached or remade:
+            if digest is not None and exist:
+                results[key] = (None, digest)
+            elif exist:
                 tasks[key] = (_digest_task, (path,))
             else:
                 tasks[key] = (_cache_one, (image_path, path, self.size, self.bits))
-        results = self._run(tasks, bar)
-        bar.update(n - len(tasks))  # rows that shared a key or a failure: no task of their own
-        decoded = [bytes.fromhex(key) for key, (fn, _) in tasks.items()
-                   if fn is not _digest_task and results[key][0] is None]
-        self._made.add(decoded, [0] * len(decoded))
-        for key, (error, _) in results.items():
-            if error is not None:
-                self._failed[key] = error
+        results.update(self._run(tasks, bar))
+        bar.update(n - len(tasks))  # rows with a known result or a failure: no task of their own
+        self._remember(tasks, results, made={k for k, m in zip(keys, made) if m is not None})
 
         errors = [self._failed.get(key) for key in keys]
         digests = [None if error is not None else results[key][1] for key, error in zip(keys, errors)]
@@ -377,6 +416,17 @@ class ImageCacheStream:
         self.n_output += table.height
         self.n_reused += sum(c for c, k in zip(was_cached, keep) if k)
         return table
+
+    def _remember(self, tasks: dict[str, tuple], results: dict, made: set[str]) -> None:
+        """Keep the digests of the images the tasks decoded (those not `made` before) and the
+        failures."""
+        decoded = [key for key, (fn, _) in tasks.items()
+                   if fn is _cache_one and results[key][0] is None and key not in made]
+        self._made.add([bytes.fromhex(key) for key in decoded],
+                       [bytes.fromhex(results[key][1]) for key in decoded])
+        for key in tasks:
+            if results[key][0] is not None:
+                self._failed[key] = results[key][0]
 
     def _output_path(self, row: int) -> str:
         """image_path of output row `row` (an earlier chunk's)."""

@@ -29,8 +29,10 @@ Other settings: CXR_BENCH_LOAD_STAGES (comma list, default catalog,images,report
 CXR_BENCH_LOAD_SIZES (comma list of study counts, overrides N/10 and N),
 CXR_BENCH_LOAD_KEEP=1 keeps the temporary data, CXR_BENCH_LOAD_DATA=<folder> generates into
 <folder>/<N>/raw once and reuses it (and the stage outputs) on later runs, so stages can be
-re-measured one at a time; CXR_BENCH_LOAD_THREADS (torch threads, 2).
-Writes benchmarks/results/load.json.
+re-measured one at a time; CXR_BENCH_LOAD_THREADS (torch threads, 2);
+CXR_BENCH_LOAD_ENCODE_PATH (text_encoder.encode_path of the embed stage, default auto: the
+figures name the path it picked and why).
+Writes benchmarks/results/load.json (CXR_BENCH_LOAD_OUT=<name>.json: another file there).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-RESULTS = HERE / "results" / "load.json"
+RESULTS = HERE / "results" / os.environ.get("CXR_BENCH_LOAD_OUT", "load.json")
 TRAINED_ENCODER_DIR = ROOT / "artifacts" / "text_encoder"
 STAGES = ("catalog", "images", "reports", "embed")
 IMAGE_PX = 64
@@ -80,7 +82,8 @@ def _project(work: Path):
                   "artifacts_dir": "artifacts", "reports_dir": "reports", "cache_dir": "cxr_cache"},
         "ingest": {"layout": "mimic_cxr", "drop_dir": None, "workers": WORKERS},
         "clip": {"threads": int(os.environ.get("CXR_BENCH_LOAD_THREADS", "2"))},
-        "text_encoder": {"embed_batch_size": EMBED_BATCH},
+        "text_encoder": {"embed_batch_size": EMBED_BATCH,
+                         "encode_path": os.environ.get("CXR_BENCH_LOAD_ENCODE_PATH", "auto")},
     })
     return params, ProjectPaths.from_params(params, work)
 
@@ -154,6 +157,7 @@ def stage_embed(work: Path):
         encoder_link.symlink_to(encoder_dir(), target_is_directory=True)
     return _stage_runner("report_embeddings", work, [work / "cxr_cache" / "embeddings"], lambda m: {
         "studies": m["n_reports"], "encoded": m["n_encoded_now"], "dim": m["dim"],
+        "encode_path": m["encode_path"], "encode_path_reason": m["encode_path_reason"],
         "threads": int(os.environ.get("CXR_BENCH_LOAD_THREADS", "2")), "batch_size": EMBED_BATCH})
 
 

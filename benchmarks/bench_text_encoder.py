@@ -1,22 +1,36 @@
-"""Report-encoding speed: our TextEncoder vs the official llm2vec 0.2.3 vs a plain padded forward.
+"""Report-encoding speed and fidelity: our encode paths vs the official llm2vec 0.2.3.
 
-Same model (the embedded SmolLM2-135M, bidirectional, mean pooling), same 512 real IU reports
-(findings + impression), same 2 torch threads, batch 32, max_length 512, fp32 and bf16. Each
+Our rows run the demo default's released encoder (the bidirectional SmolLM2-135M body, mean |
+latent-attention head, post-processing: what report_embeddings runs) through each encode path of
+cxr_assets/text/encode_paths.py: fp32, bf16 Linear layers (fp32 elsewhere), bf16 weights, bf16 compiled (steady state; its compile time
+in the warm-up column), bf16 autocast, int8 dynamic, fp32 with the old fixed-count batches (no token budget: what length bucketing by padded tokens saves), and
+`auto`, the stage's own choice (probe included in its own column). llm2vec and the plain padded
+forward run the base body with mean pooling (the same matrix products; the head is ~1% of them).
+Same 256 real IU reports (findings + impression), 2 torch threads, batch 32, max_length 512. Each
 candidate runs in its own subprocess, so its peak resident memory (ru_maxrss) is its own.
 llm2vec 0.2.3 pins transformers 4.44, so it runs from its own virtual environment
 (.cache/cxr/bench/llm2vec-0.2.3, created on first use with pip), on a copy of the SmolLM2 folder
-converted as ../shared/docs/PEER_BASELINES.md describes. Agreement: cosine of each candidate's
-embeddings against ours in fp32.
+converted as ../shared/docs/PEER_BASELINES.md describes.
+
+Fidelity: cosine of each of our paths' embeddings to our fp32 ones (mean and min; the bar for a
+path the stage may pick on its own: mean >= 0.999, min >= 0.99), and for the path `auto` picks,
+the held-out text-tower metrics (300 IU reports, the evaluation of text/heldout.py) beside fp32's.
 
 Compute ceiling: a last subprocess times the model's own Linear shapes (q/k/v/o, gate/up/down
 of every layer, on 2,048 token rows) with the same 2 threads, in fp32 and bf16, and counts the
 real tokens of the reports. tokens x (Linear time per token) is the time the matrix products
-alone need on this CPU, whatever the library: its inverse is a ceiling on reports/s (attention,
-norms and activations come on top), printed beside the candidates.
+alone need on this CPU, whatever the library: its inverse is a ceiling on reports/s.
+
+Results go to results/text_encoder_<isa>.json, one file per instruction-set class (avx512_bf16,
+avx2, ...), so each CPU kind keeps its own table. BENCH_ISA=avx2 runs every candidate with
+ATen, oneDNN and MKL limited to AVX2 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
+MKL_ENABLE_INSTRUCTIONS): an AVX2-only CPU emulated on a bigger one (fbgemm's int8 kernels pick
+their ISA themselves), written to results/text_encoder_avx2-emulated.json.
 
     python benchmarks/bench_text_encoder.py            # or: python benchmarks/run.py text_encoder
     BENCH_SKIP_LLM2VEC=1 python benchmarks/bench_text_encoder.py   # without the peer venv
-    BENCH_N_REPORTS=128 BENCH_CANDIDATES=llm2vec_fp32,ours_fp32 python benchmarks/bench_text_encoder.py
+    BENCH_N_REPORTS=128 BENCH_CANDIDATES=ours_fp32,ours_bf16 python benchmarks/bench_text_encoder.py
+    python benchmarks/bench_text_encoder.py --metrics-only bf16,bf16_autocast   # held-out metrics
 """
 
 from __future__ import annotations
@@ -35,7 +49,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 IU_CSV = ROOT.parent / "shared" / "data" / "iu_xray" / "indiana_reports.csv"
 # BENCH_N_REPORTS / BENCH_CANDIDATES (comma list) shrink a run on a busy machine.
-N_REPORTS = int(os.environ.get("BENCH_N_REPORTS", "512"))
+N_REPORTS = int(os.environ.get("BENCH_N_REPORTS", "256"))
+EMULATED_ISA = os.environ.get("BENCH_ISA", "").lower()  # "avx2": emulate an AVX2-only CPU
 THREADS, BATCH, MAX_LENGTH = 2, 32, 512
 PEER_VENV = ROOT / ".cache" / "cxr" / "bench" / "llm2vec-0.2.3"
 PEER_PINS = ["torch==2.13.0", "llm2vec==0.2.3"]
@@ -51,6 +66,21 @@ def reports() -> list[str]:
         if text:
             texts.append(text)
     return texts[:N_REPORTS]
+
+
+def demo_encoder_folder() -> Path:
+    """The released encoder the demo default starts from (params.yaml text_encoder.init_from)."""
+    sys.path.insert(0, str(ROOT))
+    from cxr_assets.config import load_params
+
+    init_from = load_params(ROOT / "params.yaml").text_encoder.init_from
+    if not init_from:
+        raise SystemExit("params.yaml has no text_encoder.init_from release to benchmark")
+    return ROOT / init_from
+
+
+OUR_PATHS = ("fp32", "fp32_fixed_batches", "bf16_linear", "bf16", "bf16_compiled", "bf16_autocast",
+             "int8_dynamic", "auto")
 
 
 def smollm2_folder() -> Path:
@@ -76,14 +106,27 @@ def worker(name: str, out: Path) -> None:
     sys.path.insert(0, str(ROOT))
     texts = reports()
     folder = smollm2_folder()
-    if name.startswith("ours"):
+    extra: dict = {}
+    if name.startswith("ours_"):
+        from cxr_assets.text.encode_paths import choose_path, convert_model
         from cxr_assets.text.encoder import TextEncoder
 
-        encoder = TextEncoder.from_base(folder, pooling="mean", max_length=MAX_LENGTH,
-                                        dtype="bfloat16" if name.endswith("bf16") else "float32")
-        encoder.encode(texts[:8], progress=False)  # warm-up (allocator, kernels)
+        path = name[len("ours_"):]
+        encoder = TextEncoder.from_pretrained(demo_encoder_folder())
+        encoder.max_length = MAX_LENGTH
+        if path == "auto":
+            start = time.perf_counter()
+            choice = choose_path(encoder, texts, "auto", batch_size=BATCH)
+            extra = {"chosen": choice.as_metadata(), "probe_s": time.perf_counter() - start}
+        elif path not in ("fp32", "fp32_fixed_batches"):
+            encoder.use_path(path, convert_model(encoder.model, path))
+        # fp32_fixed_batches: batches of BATCH texts whatever their padded size (the old way).
+        budget = {"max_batch_tokens": None} if path == "fp32_fixed_batches" else {}
+        start = time.perf_counter()  # warm-up (allocator, kernels; bf16_compiled: compiling)
+        encoder.encode(texts[:8], progress=False)
+        extra["warmup_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        vectors = encoder.encode(texts, batch_size=BATCH, progress=False)
+        vectors = encoder.encode(texts, batch_size=BATCH, progress=False, **budget)
     elif name == "plain_padded_fp32":
         from transformers import AutoModel, AutoTokenizer
 
@@ -110,7 +153,57 @@ def worker(name: str, out: Path) -> None:
         raise SystemExit(f"unknown worker {name}")
     seconds = time.perf_counter() - start
     np.save(out.with_suffix(".npy"), np.asarray(vectors, dtype=np.float32))
-    out.write_text(json.dumps({"seconds": seconds, "peak_mb": _peak_mb(), "n": len(texts)}))
+    out.write_text(json.dumps({"seconds": seconds, "peak_mb": _peak_mb(), "n": len(texts), **extra}))
+
+
+HEADLINE = {"abbreviation": "R@1", "summarization": "R@10", "error_discrimination": "accuracy",
+            "label_consistency": "P@10", "zero_shot": "mean_AUC"}
+METRIC_REPORTS = 300  # the size of the release's own held-out table
+METRIC_BAR = 0.005
+
+
+def heldout_metrics(path: str, out: Path) -> None:
+    """The five headline held-out metrics (300 IU reports) of the demo encoder through `path`."""
+    import torch
+
+    torch.set_num_threads(THREADS)
+    sys.path.insert(0, str(ROOT))
+    from cxr_assets.config import load_params
+    from cxr_assets.text.encode_paths import convert_model
+    from cxr_assets.text.encoder import TextEncoder
+    from cxr_assets.text.evaluation import build_eval_set, evaluate_encoder, load_iu_reports
+
+    te = load_params(ROOT / "params.yaml").text_encoder
+    iu = load_iu_reports(IU_CSV, te.corpus.salt, te.corpus.heldout_fraction)
+    data = build_eval_set(iu, METRIC_REPORTS, te.evaluation.seed)
+    encoder = TextEncoder.from_pretrained(demo_encoder_folder())
+    if path != "fp32":
+        encoder.use_path(path, convert_model(encoder.model, path))
+    rows = evaluate_encoder(encoder, data, path, batch_size=BATCH)
+    out.write_text(json.dumps({f"{r['task']}/{r['metric']}": {"value": r["value"], "n": r["n"]}
+                              for r in rows if HEADLINE.get(r["task"]) == r["metric"]}))
+
+
+def run_metrics(paths: list[str], tmp: Path) -> dict[str, dict]:
+    """{path: {metric: {value, n}}} for fp32 and `paths`, each path in its own subprocess."""
+    metrics = {}
+    for path in dict.fromkeys(["fp32", *paths]):
+        out = tmp / f"metrics_{path}.json"
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--metrics", path, str(out)],
+                       check=True, cwd=ROOT, env=isa_env())
+        metrics[path] = json.loads(out.read_text())
+    return metrics
+
+
+def print_metrics(metrics: dict[str, dict]) -> None:
+    paths = [p for p in metrics if p != "fp32"]
+    print(f"\nheld-out metrics ({METRIC_REPORTS} IU reports), each path beside fp32 (bar: within "
+          f"{METRIC_BAR}; one item of n moves a metric by 1/n):")
+    print(f"  {'metric':<34}{'n':>5}{'fp32':>8}" + "".join(f"{p:>16}" for p in paths))
+    for key, ref in metrics["fp32"].items():
+        cells = "".join(f"{metrics[p][key]['value']:>9.4f} ({metrics[p][key]['value'] - ref['value']:+.3f})"
+                        for p in paths)
+        print(f"  {key:<34}{ref['n']:>5}{ref['value']:>8.4f}{cells}")
 
 
 def linear_ceiling(out: Path) -> None:
@@ -214,10 +307,34 @@ def ensure_peer_venv() -> Path:
     return python
 
 
-def run_candidate(name: str, tmp: Path) -> dict:
-    out = tmp / f"{name}.json"
+def isa_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
+    if EMULATED_ISA == "avx2":  # ATen's vector kernels, oneDNN's and MKL's matrix products: AVX2
+        env.update({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                    "MKL_ENABLE_INSTRUCTIONS": "AVX2"})
+    elif EMULATED_ISA:
+        raise SystemExit(f"BENCH_ISA must be 'avx2' or unset, got {EMULATED_ISA!r}")
+    return env
+
+
+def isa_label() -> str:
+    """Which CPU class a result file describes: emulated, or this CPU's best matrix-product ISA."""
+    if EMULATED_ISA:
+        return f"{EMULATED_ISA}-emulated"
+    sys.path.insert(0, str(ROOT))
+    from cxr_assets.text.encode_paths import cpu_flags
+
+    flags = cpu_flags()
+    for flag in ("amx_bf16", "avx512_bf16", "avx512f", "avx2"):
+        if flag in flags:
+            return flag
+    return "baseline"
+
+
+def run_candidate(name: str, tmp: Path) -> dict:
+    out = tmp / f"{name}.json"
+    env = isa_env()
     if name.startswith("llm2vec"):
         python = ensure_peer_venv()
         texts_file = tmp / "texts.json"
@@ -242,12 +359,13 @@ def main() -> None:
     if not IU_CSV.is_file():
         print(f"skipped: {IU_CSV} not found")
         return
-    names = ["ours_fp32", "ours_bf16", "plain_padded_fp32"]
+    names = [f"ours_{path}" for path in OUR_PATHS] + ["plain_padded_fp32"]
     if not os.environ.get("BENCH_SKIP_LLM2VEC"):
         names = ["llm2vec_fp32", "llm2vec_bf16", *names]
     if os.environ.get("BENCH_CANDIDATES"):
         names = [n for n in os.environ["BENCH_CANDIDATES"].split(",") if n]
     results: dict[str, dict] = {}
+    metrics: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for name in names:
@@ -260,28 +378,48 @@ def main() -> None:
             print(f"{name}: {results[name]['reports_per_s']:.2f} reports/s", flush=True)
         ceiling_file = tmp / "ceiling.json"
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--ceiling", str(ceiling_file)],
-                       check=True, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": str(THREADS)})
+                       check=True, cwd=ROOT, env=isa_env())
         ceiling = json.loads(ceiling_file.read_text())
-        ref_file = tmp / "ours_fp32.npy"
-        if ref_file.is_file():
-            ref = np.load(ref_file)
-            ref = ref / np.linalg.norm(ref, axis=1, keepdims=True)
+        # Each library's paths against its own fp32 (the plain forward is causal: no reference).
+        for reference, group in (("ours_fp32", "ours_"), ("llm2vec_fp32", "llm2vec_")):
+            if not (tmp / f"{reference}.npy").is_file():
+                continue
+            ref = np.load(tmp / f"{reference}.npy")
             for name in names:
-                if (tmp / f"{name}.npy").is_file() and "error" not in results[name]:
-                    x = np.load(tmp / f"{name}.npy")
-                    x = x / np.linalg.norm(x, axis=1, keepdims=True)
-                    results[name]["min_cosine_vs_ours_fp32"] = float((x * ref).sum(1).min())
+                if (name.startswith(group) and (tmp / f"{name}.npy").is_file()
+                        and "error" not in results[name]):
+                    from cxr_assets.text.encode_paths import fidelity
+
+                    mean_cos, min_cos = fidelity(ref, np.load(tmp / f"{name}.npy"))
+                    results[name].update(fidelity_reference=reference, mean_cosine=mean_cos,
+                                         min_cosine=min_cos)
+        chosen = results.get("ours_auto", {}).get("chosen", {}).get("path")
+        if chosen and chosen != "fp32" and not os.environ.get("BENCH_SKIP_METRICS"):
+            metrics = run_metrics([chosen], tmp)  # the held-out metrics, fp32 beside the choice
     base = results.get("llm2vec_fp32", {}).get("reports_per_s")
-    print(f"\n{N_REPORTS} IU reports, SmolLM2-135M, {THREADS} threads, batch {BATCH}")
-    print(f"{'candidate':<20}{'reports/s':>10}{'x llm2vec fp32':>16}{'peak MB':>9}{'min cos':>9}")
+    ours = results.get("ours_fp32_fixed_batches", {}).get("reports_per_s")
+    print(f"\n{N_REPORTS} IU reports, {THREADS} threads, batch {BATCH}, max_length {MAX_LENGTH}, "
+          f"CPU class {isa_label()}")
+    print(f"{'candidate':<26}{'reports/s':>10}{'x llm2vec':>10}{'x old fp32':>11}{'peak MB':>9}"
+          f"{'mean cos':>10}{'min cos':>9}{'warm-up s':>10}")
     for name, r in results.items():
         if "error" in r:
-            print(f"{name:<20} failed: {r['error'][:60]}")
+            print(f"{name:<26} failed: {r['error'][:60]}")
             continue
         ratio = f"{r['reports_per_s'] / base:.2f}" if base else "-"
-        cos = r.get("min_cosine_vs_ours_fp32")
-        print(f"{name:<20}{r['reports_per_s']:>10.2f}{ratio:>16}{r['peak_mb']:>9.0f}"
-              f"{(f'{cos:.4f}' if cos is not None else '-'):>9}")
+        own = f"{r['reports_per_s'] / ours:.2f}" if ours else "-"
+        mean_cos, min_cos = r.get("mean_cosine"), r.get("min_cosine")
+        warmup = f"{r['warmup_s']:.1f}" if "warmup_s" in r else "-"
+        print(f"{name:<26}{r['reports_per_s']:>10.2f}{ratio:>10}{own:>11}{r['peak_mb']:>9.0f}"
+              f"{(f'{mean_cos:.5f}' if mean_cos is not None else '-'):>10}"
+              f"{(f'{min_cos:.4f}' if min_cos is not None else '-'):>9}"
+              f"{warmup:>10}")
+    auto = results.get("ours_auto", {})
+    if "chosen" in auto:
+        print(f"\nauto chose {auto['chosen']['path']} (probe {auto['probe_s']:.1f} s): "
+              f"{auto['chosen']['reason']}")
+    if metrics:
+        print_metrics(metrics)
     tokens_per_report = ceiling["tokens"] / ceiling["n"]
     print(f"\ncompute ceiling ({tokens_per_report:.0f} real tokens per report; the Linear layers alone, "
           f"timed with {THREADS} threads):")
@@ -291,16 +429,39 @@ def main() -> None:
         print(f"  {dtype}: {ceiling['linear_gflops'][dtype]:.0f} GFLOP/s in the matrix products -> "
               f"at most {top:.2f} reports/s{ratio}")
     (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / "text_encoder.json").write_text(json.dumps(
+    command = (f"BENCH_ISA={EMULATED_ISA} " if EMULATED_ISA else "") + \
+        f"BENCH_N_REPORTS={N_REPORTS} python benchmarks/bench_text_encoder.py"
+    (HERE / "results" / f"text_encoder_{isa_label()}.json").write_text(json.dumps(
         {"n_reports": N_REPORTS, "threads": THREADS, "batch_size": BATCH,
-         "max_length": MAX_LENGTH, "results": results, "compute_ceiling": ceiling,
-         "provenance": provenance(f"BENCH_N_REPORTS={N_REPORTS} python benchmarks/bench_text_encoder.py")},
-        indent=2) + "\n")
+         "max_length": MAX_LENGTH, "cpu_class": isa_label(), "results": results,
+         "heldout_metrics": metrics, "compute_ceiling": ceiling,
+         "provenance": provenance(command)}, indent=2) + "\n")
+
+
+def metrics_only(paths: list[str]) -> None:
+    """Held-out metrics of `paths` beside fp32, added to this CPU class's result file (the
+    evaluation takes minutes per path, so it can be run apart from the speed table)."""
+    import tempfile
+
+    file = HERE / "results" / f"text_encoder_{isa_label()}.json"
+    stored = json.loads(file.read_text()) if file.is_file() else {}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        metrics = run_metrics(paths, Path(tmp_name))
+    print_metrics(metrics)
+    stored["heldout_metrics"] = {**stored.get("heldout_metrics", {}), **metrics}
+    stored["heldout_metrics_provenance"] = provenance(
+        f"python benchmarks/bench_text_encoder.py --metrics-only {','.join(paths)}")
+    file.parent.mkdir(exist_ok=True)
+    file.write_text(json.dumps(stored, indent=2) + "\n")
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "--worker":
         worker(sys.argv[2], Path(sys.argv[3]))
+    elif len(sys.argv) >= 3 and sys.argv[1] == "--metrics-only":
+        metrics_only(sys.argv[2].split(","))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--metrics":
+        heldout_metrics(sys.argv[2], Path(sys.argv[3]))
     elif len(sys.argv) == 3 and sys.argv[1] == "--ceiling":
         linear_ceiling(Path(sys.argv[2]))
     else:

@@ -4,6 +4,9 @@ Embeddings are cached by (text hash, encoder hash): unchanged reports are never 
 With text_encoder.embed_shards = N > 1 the encoding runs as N shards in parallel (Dagster steps,
 or `cxr stage report_embeddings --shard I/N`), which fill the cache; this run then writes the
 table from the cache (cxr_assets/embed/sharding.py).
+The forward pass runs on the encode path text_encoder.encode_path names ('auto': the fastest this
+CPU/GPU supports within the fidelity bar, probed on the first reports it encodes;
+cxr_assets/text/encode_paths.py); the metadata says which path ran and why.
 """
 
 from __future__ import annotations
@@ -20,7 +23,19 @@ def _encoder(params: Params, paths: ProjectPaths):
 
     require("report_embeddings", {"text_encoder": [paths.text_encoder_dir / "encoder_config.json"],
                                   "report_texts": [paths.report_texts_table]})
-    return TextEncoder.from_pretrained(paths.text_encoder_dir, threads=params.clip.threads)
+    encoder = TextEncoder.from_pretrained(paths.text_encoder_dir, threads=params.clip.threads)
+    encoder.request_path(params.text_encoder.encode_path, params.text_encoder.embed_batch_size)
+    return encoder
+
+
+def _path_metadata(encoder) -> dict:
+    """Which compute path encoded this run's reports, and why (cxr_assets/text/encode_paths.py);
+    the probe's speed and fidelity per path shows as JSON in the Dagster UI."""
+    choice = encoder.path_choice
+    if choice is None:
+        return {"encode_path": "none", "encode_path_reason": "nothing needed encoding"}
+    return {"encode_path": choice.path, "encode_path_reason": choice.reason,
+            "encode_path_probe": choice.probe, "cpu_flags": " ".join(choice.cpu_flags)}
 
 
 def run(params: Params, paths: ProjectPaths, progress: bool = True,
@@ -47,6 +62,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True,
             "n_from_cache": summary.n_rows - summary.n_computed,
             "dim": summary.dim,
             "encoder_hash": encoder.content_hash,
+            **_path_metadata(encoder),
         },
     )
 
@@ -73,5 +89,6 @@ def run_shard(params: Params, paths: ProjectPaths, shard: int, n_shards: int,
             "n_encoded_now": summary.n_encoded,
             "n_from_cache": summary.n_cached,
             "encoder_hash": encoder.content_hash,
+            **_path_metadata(encoder),
         },
     )

@@ -104,8 +104,13 @@ def test_stages_train_on_variants_evaluate_log_and_cache(tiny_dir: Path, tmp_pat
 
     first = report_embeddings.run(params, paths, progress=False)
     assert first.metadata["n_encoded_now"] > 0
+    # encode_path auto: a few dozen reports are below the probe's threshold (or the CPU has no
+    # native bf16): fp32, and the metadata says why.
+    assert first.metadata["encode_path"] == "fp32"
+    assert first.metadata["encode_path_reason"].startswith("fp32: ")
     again = report_embeddings.run(params, paths, progress=False)
     assert again.metadata["n_encoded_now"] == 0  # unchanged reports: nothing re-encoded
+    assert again.metadata["encode_path"] == "none"
     stored = pl.read_parquet(paths.report_embeddings_table)
     assert stored.schema["embedding"] == pl.Array(pl.Float32, stored["embedding"].dtype.size)
     texts = pl.read_parquet(paths.report_texts_table)["report_for_training"].to_list()

@@ -1,0 +1,247 @@
+"""How a TextEncoder runs its forward pass (precision, device), and the choice among the ways.
+
+The paths, all producing float32 embeddings:
+- `fp32`: the reference. Always available.
+- `bf16_linear`: the matrix products of every Linear layer in bf16 with weights cast once,
+  everything else (residual stream, norms, attention, pooling) in fp32: what autocast computes,
+  without autocast re-casting the weights at every call. Nearly as fast as `bf16` and closer to
+  fp32 (bench_text_encoder.py: min cosine 0.9998 vs 0.9990; held-out metrics within 0.005,
+  where `bf16` moves error discrimination by 2 items of 241). The first choice on native bf16.
+- `bf16`: weights cast to bfloat16 (norms and pooling accumulate in float32). Fast only where the
+  CPU multiplies bf16 natively (avx512_bf16, AMX); on an AVX2-only CPU bf16 is emulated and about
+  5x slower than fp32 (measured, benchmarks/results/text_encoder*.json).
+- `bf16_compiled`: `bf16` through torch.compile (inductor, frozen weights, dynamic shapes): 5-12%
+  faster than `bf16` once compiled, but compiling costs 90-140 s on 2 cores, so it pays off only
+  beyond ~20,000 reports and is never picked on its own; force it for a large archive.
+- `bf16_autocast`: float32 weights and residual stream, matrix products in bf16 (torch.autocast,
+  which re-casts the weights at every call: slower than `bf16_linear`, never picked).
+- `int8_dynamic`: torch dynamic int8 Linear layers (per-tensor activation scales). SmolLM2 has
+  massive activations (one token's down_proj output reaches ~1e4), so per-tensor scales wreck
+  every other token: cosine to fp32 ~0.77 on average, ~0.59 at worst. Kept as a forced choice and a benchmark row, never
+  picked on its own.
+- `cuda_bf16`: the model on the GPU in bfloat16.
+
+`choose_path` ("auto") takes the candidates this machine supports (by its CPU flags, or a CUDA
+device), best first, times each against fp32 on a probe sample of the texts about to be encoded
+and checks its fidelity (cosine of the final embeddings to fp32: mean >= 0.999, min >= 0.99); it
+keeps the first candidate that passes and is at least MIN_SPEEDUP x faster than fp32, else fp32.
+Every choice says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ENCODE_PATHS = ("fp32", "bf16_linear", "bf16", "bf16_compiled", "bf16_autocast", "int8_dynamic",
+                "cuda_bf16")
+REQUESTS = ("auto", *ENCODE_PATHS)
+FIDELITY_MEAN, FIDELITY_MIN = 0.999, 0.99
+# The probe encodes this many texts per path (plus a short warm-up): ~6 s of a 2-core CPU.
+PROBE_TEXTS = 32
+# Below this many texts the probe costs more than it saves (bf16 saves ~0.05 s a report on a
+# 2-core CPU with avx512_bf16): fp32.
+MIN_TEXTS_TO_PROBE = 200
+# A candidate must beat fp32 by this factor on the probe (timing noise is a few percent).
+MIN_SPEEDUP = 1.1
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The instruction-set flags of this CPU (Linux /proc/cpuinfo; empty where unreadable)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "flags":
+                return frozenset(value.split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def auto_candidates(flags: frozenset[str], cuda: bool) -> tuple[list[str], str]:
+    """(paths worth probing against fp32 on this machine, best first; why these)."""
+    if cuda:
+        return ["cuda_bf16"], "a CUDA device is available"
+    native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    if native:
+        return ["bf16_linear", "bf16"], f"the CPU multiplies bf16 natively ({', '.join(native)})"
+    return [], ("the CPU has no native bf16 (no avx512_bf16/amx_bf16: bf16 is ~5x slower than "
+                "fp32 there) and int8_dynamic fails the fidelity bar on SmolLM2's activation "
+                "outliers")
+
+
+class ComputePath:
+    """One way of running the forward: the (converted) model and the context to run it in."""
+
+    def __init__(self, name: str) -> None:
+        if name not in ENCODE_PATHS:
+            raise ValueError(f"encode path must be one of {ENCODE_PATHS}, got {name!r}")
+        self.name = name
+
+    def context(self) -> Any:
+        if self.name == "bf16_autocast":
+            import torch
+
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def __repr__(self) -> str:
+        return f"ComputePath({self.name!r})"
+
+
+FP32 = ComputePath("fp32")
+
+
+def bf16_linear_layers(model: Any) -> Any:
+    """`model` (in place) with every nn.Linear replaced by a BF16Linear (see bf16_linear)."""
+    import torch
+    import torch.nn.functional as F
+
+    class BF16Linear(torch.nn.Module):
+        """y = x W^T + b with W, b stored in bf16 and x cast to bf16; y back in x's dtype."""
+
+        def __init__(self, linear: torch.nn.Linear) -> None:
+            super().__init__()
+            self.in_features, self.out_features = linear.in_features, linear.out_features
+            self.weight = torch.nn.Parameter(linear.weight.detach().to(torch.bfloat16),
+                                             requires_grad=False)
+            self.bias = (None if linear.bias is None else torch.nn.Parameter(
+                linear.bias.detach().to(torch.bfloat16), requires_grad=False))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return F.linear(x.to(torch.bfloat16), self.weight, self.bias).to(x.dtype)
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, BF16Linear(child))
+    return model
+
+
+def convert_model(model: Any, name: str) -> Any:
+    """A copy of an fp32 `model` prepared for path `name` (the fp32 model itself for fp32/autocast)."""
+    import torch
+
+    if name in ("fp32", "bf16_autocast"):
+        return model
+    if name == "bf16_linear":
+        converted = bf16_linear_layers(copy.deepcopy(model))
+        converted.set_attn_implementation("eager")  # see bf16 below (measured 19.6 vs 18.6)
+        return converted
+    if name == "bf16":
+        converted = copy.deepcopy(model).to(torch.bfloat16)
+        # Report-length sequences: eager attention (plain bmm + softmax) beats the CPU SDPA
+        # kernel in bf16 (measured 17.4 vs 15.2 reports/s, bench_text_encoder.py conditions).
+        converted.set_attn_implementation("eager")
+        return converted
+    if name == "bf16_compiled":
+        # freezing: weights become constants, so inductor pre-packs them for oneDNN.
+        return torch.compile(convert_model(model, "bf16"), dynamic=True,
+                             options={"freezing": True})
+    if name == "cuda_bf16":
+        if not torch.cuda.is_available():
+            raise ValueError("encode path 'cuda_bf16' needs a CUDA device; none is visible")
+        return copy.deepcopy(model).to("cuda", dtype=torch.bfloat16)
+    if name == "int8_dynamic":
+        import warnings
+
+        from torch.ao.quantization import quantize_dynamic
+
+        with warnings.catch_warnings():  # torch.ao's deprecation notice: this row is a reference
+            warnings.simplefilter("ignore")
+            return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+    raise ValueError(f"encode path must be one of {ENCODE_PATHS}, got {name!r}")
+
+
+def fidelity(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """(mean, min) cosine between matching rows."""
+    a = reference / np.linalg.norm(reference, axis=1, keepdims=True).clip(1e-12)
+    b = candidate / np.linalg.norm(candidate, axis=1, keepdims=True).clip(1e-12)
+    cosines = (a * b).sum(axis=1)
+    return float(cosines.mean()), float(cosines.min())
+
+
+@dataclass
+class PathChoice:
+    """What `choose_path` decided, for the stage's metadata."""
+
+    path: str
+    requested: str
+    reason: str
+    cpu_flags: list[str] = field(default_factory=list)
+    probe: dict[str, dict[str, float]] = field(default_factory=dict)  # path -> speed, fidelity
+
+    def as_metadata(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _timed_encode(encoder: Any, texts: list[str], batch_size: int) -> tuple[np.ndarray, float]:
+    encoder.encode(texts[:8], batch_size=batch_size, progress=False)  # warm-up (kernels, allocator)
+    start = time.perf_counter()
+    vectors = encoder.encode(texts, batch_size=batch_size, progress=False)
+    return vectors, time.perf_counter() - start
+
+
+def choose_path(encoder: Any, texts: list[str], requested: str = "auto",
+                batch_size: int = 16) -> PathChoice:
+    """Set `encoder`'s compute path (its model is replaced by the converted one) and say why.
+
+    requested: 'auto' probes as the module docstring says; a path name forces it (no probe).
+    texts: what is about to be encoded; the probe uses its first PROBE_TEXTS distinct texts.
+    """
+    import torch
+
+    if requested not in REQUESTS:
+        raise ValueError(f"text_encoder.encode_path must be one of {REQUESTS}, got {requested!r}")
+    flags = cpu_flags()
+    shown_flags = sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    if encoder.compute.name != "fp32":
+        raise ValueError(f"the encoder already runs path {encoder.compute.name!r}; choose from fp32")
+    if requested != "auto":
+        encoder.use_path(requested, convert_model(encoder.model, requested))
+        return PathChoice(requested, requested, "forced by text_encoder.encode_path", shown_flags)
+    candidates, why = auto_candidates(flags, torch.cuda.is_available())
+    distinct = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
+    if not candidates:
+        return PathChoice("fp32", requested, f"fp32: {why}", shown_flags)
+    if len(distinct) < MIN_TEXTS_TO_PROBE:
+        return PathChoice("fp32", requested, f"fp32: only {len(distinct)} texts to encode (a probe "
+                          f"of the faster paths pays off from {MIN_TEXTS_TO_PROBE})", shown_flags)
+    sample = distinct[:PROBE_TEXTS]
+    reference, fp32_s = _timed_encode(encoder, sample, batch_size)
+    probe: dict[str, dict[str, float]] = {"fp32": {"seconds": fp32_s, "speedup": 1.0}}
+    fp32_model, best = encoder.model, None
+    for name in candidates:  # best first: the first that passes is kept
+        if best is not None:
+            break
+        encoder.use_path(name, convert_model(fp32_model, name))
+        try:
+            vectors, seconds = _timed_encode(encoder, sample, batch_size)
+        finally:
+            converted = encoder.model
+            encoder.use_path("fp32", fp32_model)
+        mean_cos, min_cos = fidelity(reference, vectors)
+        speedup = fp32_s / seconds
+        passed = mean_cos >= FIDELITY_MEAN and min_cos >= FIDELITY_MIN and speedup >= MIN_SPEEDUP
+        probe[name] = {"seconds": seconds, "speedup": speedup, "mean_cosine": mean_cos,
+                       "min_cosine": min_cos, "passed": passed}
+        if passed:
+            best = (name, converted)
+    if best is None:
+        return PathChoice("fp32", requested, f"fp32: no candidate ({', '.join(candidates)}) was at "
+                          f"least {MIN_SPEEDUP}x faster on {len(sample)} texts within the fidelity "
+                          f"bar (cosine mean >= {FIDELITY_MEAN}, min >= {FIDELITY_MIN})",
+                          shown_flags, probe)
+    name, converted = best
+    encoder.use_path(name, converted)
+    stats = probe[name]
+    return PathChoice(name, requested, f"{name}: {why}; on {len(sample)} of these texts "
+                      f"{stats['speedup']:.2f}x fp32, cosine to fp32 mean {stats['mean_cosine']:.5f}"
+                      f" min {stats['min_cosine']:.5f}", shown_flags, probe)

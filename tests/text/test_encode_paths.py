@@ -1,0 +1,146 @@
+"""Encode paths (cxr_assets/text/encode_paths.py) and length batching of TextEncoder.encode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cxr_assets.text import encode_paths
+from cxr_assets.text.encode_paths import (
+    auto_candidates,
+    choose_path,
+    convert_model,
+    cpu_flags,
+    fidelity,
+)
+from cxr_assets.text.encoder import TextEncoder, length_batches
+
+
+@pytest.fixture()
+def encoder(tiny_dir: Path) -> TextEncoder:
+    return TextEncoder.from_base(tiny_dir, pooling="mean", max_length=64)
+
+
+def many_reports(reports: list[str], n: int) -> list[str]:
+    """n distinct report texts of varied length."""
+    return [f"{reports[i % len(reports)]} Study {i}." + " Unchanged." * (i % 5) for i in range(n)]
+
+
+def test_length_batches_cover_every_index_once_within_both_limits() -> None:
+    lengths = [5, 120, 7, 60, 60, 3, 200, 9, 11, 64]
+    batches = length_batches(lengths, batch_size=4, max_tokens=256)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    assert flat[0] == 6  # longest first
+    for batch in batches:
+        assert len(batch) <= 4
+        width = max(lengths[i] for i in batch)
+        assert width * len(batch) <= 256 or len(batch) == 1  # a text over the budget goes alone
+    # Without a token budget: fixed-count batches of the length-sorted order.
+    assert [len(b) for b in length_batches(lengths, 4, None)] == [4, 4, 2]
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        length_batches(lengths, 4, 0)
+    with pytest.raises(ValueError, match="batch_size"):
+        length_batches(lengths, 0)
+
+
+def test_token_budget_changes_batching_not_embeddings(encoder: TextEncoder, reports) -> None:
+    texts = many_reports(reports, 24)
+    fixed = encoder.encode(texts, batch_size=8, progress=False, max_batch_tokens=None)
+    budget = encoder.encode(texts, batch_size=8, progress=False, max_batch_tokens=64)
+    np.testing.assert_allclose(budget, fixed, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_flags_and_candidates(tmp_path: Path) -> None:
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f avx512_bf16\n")
+    assert {"avx2", "avx512_bf16"} <= cpu_flags(info)
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    assert auto_candidates(frozenset({"avx2", "fma"}), cuda=False)[0] == []
+    assert "native bf16" in auto_candidates(frozenset({"avx2"}), cuda=False)[1]
+    assert auto_candidates(frozenset({"avx2", "avx512_bf16"}), cuda=False)[0] == ["bf16_linear",
+                                                                                   "bf16"]
+    assert auto_candidates(frozenset({"amx_bf16"}), cuda=False)[0][0] == "bf16_linear"
+    assert auto_candidates(frozenset(), cuda=True)[0] == ["cuda_bf16"]
+
+
+def test_fidelity_is_the_cosine_of_matching_rows() -> None:
+    a = np.array([[1.0, 0.0], [0.0, 2.0]])
+    b = np.array([[2.0, 0.0], [1.0, 1.0]])
+    mean_cos, min_cos = fidelity(a, b)
+    assert min_cos == pytest.approx(2 ** -0.5)
+    assert mean_cos == pytest.approx((1 + 2 ** -0.5) / 2)
+
+
+@pytest.mark.parametrize("path", ["bf16_linear", "bf16", "bf16_autocast", "int8_dynamic"])
+def test_forced_paths_run_and_stay_close_to_fp32(encoder: TextEncoder, reports, path: str) -> None:
+    reference = encoder.encode(reports, progress=False)
+    choice = choose_path(encoder, reports, path)
+    assert (choice.path, encoder.compute.name) == (path, path)
+    assert "forced" in choice.reason
+    vectors = encoder.encode(reports, progress=False)
+    assert vectors.dtype == np.float32 and vectors.shape == reference.shape
+    # A tiny random model has no activation outliers: every path stays near fp32 on it.
+    assert fidelity(reference, vectors)[1] > (0.95 if path == "int8_dynamic" else 0.99)
+    with pytest.raises(ValueError, match="already runs path"):
+        choose_path(encoder, reports, "bf16")
+
+
+def test_unknown_or_unavailable_paths_are_refused(encoder: TextEncoder, reports) -> None:
+    with pytest.raises(ValueError, match="encode_path must be one of"):
+        choose_path(encoder, reports, "fp8")
+    with pytest.raises(ValueError, match="encode path must be one of"):
+        encoder.request_path("int4")
+    with pytest.raises(ValueError, match="encode path must be one of"):
+        convert_model(encoder.model, "fp16")
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            choose_path(encoder, reports, "cuda_bf16")
+
+
+def test_auto_without_native_bf16_stays_fp32(encoder: TextEncoder, reports, monkeypatch) -> None:
+    monkeypatch.setattr(encode_paths, "cpu_flags", lambda: frozenset({"avx", "avx2", "fma"}))
+    choice = choose_path(encoder, many_reports(reports, 300), "auto")
+    assert choice.path == "fp32" and encoder.compute.name == "fp32"
+    assert "no native bf16" in choice.reason and choice.probe == {}
+
+
+def test_auto_probes_on_a_native_bf16_cpu(encoder: TextEncoder, reports, monkeypatch) -> None:
+    """The probe times every candidate against fp32 and keeps one only within the bar."""
+    monkeypatch.setattr(encode_paths, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    monkeypatch.setattr(encode_paths, "PROBE_TEXTS", 16)
+    texts = many_reports(reports, 300)
+    few = choose_path(TextEncoder.from_base(encoder.base_model, max_length=64), texts[:20], "auto")
+    assert few.path == "fp32" and "only 20 texts" in few.reason
+    reference = encoder.encode(texts[:16], progress=False)
+    choice = choose_path(encoder, texts, "auto")
+    # Candidates are probed best first until one passes.
+    assert list(choice.probe)[:2] == ["fp32", "bf16_linear"]
+    assert set(choice.probe) <= {"fp32", "bf16_linear", "bf16"}
+    if choice.probe["bf16_linear"]["passed"]:
+        assert "bf16" not in choice.probe
+    for name in set(choice.probe) - {"fp32"}:
+        stats = choice.probe[name]
+        expected = (stats["mean_cosine"] >= 0.999 and stats["min_cosine"] >= 0.99
+                    and stats["speedup"] >= encode_paths.MIN_SPEEDUP)
+        assert stats["passed"] == expected
+    assert encoder.compute.name == choice.path
+    if choice.path == "fp32":
+        assert "no candidate" in choice.reason
+        np.testing.assert_allclose(encoder.encode(texts[:16], progress=False), reference,
+                                   rtol=1e-5, atol=1e-6)
+    else:
+        assert choice.probe[choice.path]["passed"] and "x fp32" in choice.reason
+
+
+def test_request_path_chooses_at_the_first_encode(encoder: TextEncoder, reports) -> None:
+    encoder.request_path("bf16_autocast")
+    assert encoder.path_choice is None and encoder.compute.name == "fp32"
+    encoder.encode(reports, progress=False)
+    assert encoder.path_choice.path == "bf16_autocast" == encoder.compute.name
+    metadata = encoder.path_choice.as_metadata()
+    assert metadata["requested"] == "bf16_autocast" and "forced" in metadata["reason"]

@@ -6,6 +6,7 @@ On a machine with a CUDA GPU (at most about 8 minutes):
    checkpoint resume on the GPU);
 2. report-encoder throughput on the GPU in fp32 and bf16 (the released encoder; 256 IU reports
    when ../shared/data is there, else three sample reports repeated), with bf16's cosine to fp32;
+   and the encode path report_embeddings picks there (`auto`: cuda_bf16, probed against fp32);
 3. CLIP step throughput and peak GPU memory at two batch sizes, fp32 and bf16.
 Figures go to benchmarks/results/gpu_check.json. Without a CUDA GPU it says so and exits 0.
 """
@@ -83,6 +84,26 @@ def encoder_throughput() -> dict:
     return out
 
 
+def stage_encode_path() -> dict:
+    """What report_embeddings does on this machine: encode_path 'auto' (cuda_bf16 where a GPU is
+    visible, probed against fp32 on the CPU), then its steady-state speed on the chosen path."""
+    from cxr_assets.config import load_params
+    from cxr_assets.text.encode_paths import choose_path
+    from cxr_assets.text.encoder import TextEncoder
+
+    params = load_params(REPO / "params.yaml")
+    if not params.text_encoder.init_from:
+        return {"skipped": "params.yaml has no released encoder (text_encoder.init_from)"}
+    encoder = TextEncoder.from_pretrained(REPO / params.text_encoder.init_from)
+    texts = _reports()
+    choice = choose_path(encoder, texts, "auto", batch_size=64)
+    encoder.encode(texts[:64], batch_size=64, progress=False)
+    start = time.perf_counter()
+    encoder.encode(texts, batch_size=64, progress=False)
+    return {**choice.as_metadata(),
+            "reports_per_s": round(len(texts) / (time.perf_counter() - start), 1)}
+
+
 def clip_steps() -> dict:
     import torch
 
@@ -143,6 +164,8 @@ def main() -> int:
     print(f"gpu tests: {result['tests']['summary']}")
     result["text_encoder"] = encoder_throughput()
     print(f"text encoder: {result['text_encoder']}")
+    result["report_embeddings_path"] = stage_encode_path()
+    print(f"report_embeddings encode path: {result['report_embeddings_path']}")
     result["clip"] = clip_steps()
     for row in result["clip"]["steps"]:
         print(f"clip {row['precision']} batch {row['batch_size']}: {row['pairs_per_s']} pairs/s, "

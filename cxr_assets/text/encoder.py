@@ -63,7 +63,6 @@ def length_batches(lengths: list[int], batch_size: int,
     return batches
 
 
-
 class TextEncoder:
     """LLM report encoder (bidirectional or causal): `encode(texts) -> float32 [N, dim]`, not
     normalised, except with pooling 'mean_and_latent_attention', whose two weighted unit-length
@@ -337,8 +336,8 @@ class TextEncoder:
         Batches are formed from texts sorted by token length (`length_batches`): at most
         batch_size texts and max_batch_tokens padded tokens each, so little compute goes to
         padding and long texts do not make a batch's memory explode. The encoder's compute path
-        (`self.compute`, see cxr_assets/text/encode_paths.py; fp32 unless `use_compute` chose
-        another) decides the precision the forward runs in.
+        (`self.compute`, see cxr_assets/text/encode_paths.py; fp32 unless `use_path` or
+        `request_path` chose another) decides the precision the forward runs in.
         """
         import torch
         from tqdm.auto import tqdm

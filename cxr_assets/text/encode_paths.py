@@ -25,7 +25,8 @@ The paths, all producing float32 embeddings:
 device), best first, times each against fp32 on a probe sample of the texts about to be encoded
 and checks its fidelity (cosine of the final embeddings to fp32: mean >= 0.999, min >= 0.99); it
 keeps the first candidate that passes and is at least MIN_SPEEDUP x faster than fp32, else fp32.
-Every choice says why.
+A candidate that fails to run (a missing kernel, out of memory) is skipped, its error kept in the
+probe. Every choice says why.
 """
 
 from __future__ import annotations
@@ -176,7 +177,7 @@ class PathChoice:
     requested: str
     reason: str
     cpu_flags: list[str] = field(default_factory=list)
-    probe: dict[str, dict[str, float]] = field(default_factory=dict)  # path -> speed, fidelity
+    probe: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> speed, fidelity
 
     def as_metadata(self) -> dict[str, Any]:
         return asdict(self)
@@ -216,14 +217,18 @@ def choose_path(encoder: Any, texts: list[str], requested: str = "auto",
                           f"of the faster paths pays off from {MIN_TEXTS_TO_PROBE})", shown_flags)
     sample = distinct[:PROBE_TEXTS]
     reference, fp32_s = _timed_encode(encoder, sample, batch_size)
-    probe: dict[str, dict[str, float]] = {"fp32": {"seconds": fp32_s, "speedup": 1.0}}
+    probe: dict[str, dict[str, Any]] = {"fp32": {"seconds": fp32_s, "speedup": 1.0}}
     fp32_model, best = encoder.model, None
     for name in candidates:  # best first: the first that passes is kept
         if best is not None:
             break
-        encoder.use_path(name, convert_model(fp32_model, name))
         try:
+            encoder.use_path(name, convert_model(fp32_model, name))
             vectors, seconds = _timed_encode(encoder, sample, batch_size)
+        except (RuntimeError, ValueError, NotImplementedError) as error:
+            # A candidate this machine cannot run (a missing kernel, out of memory) is skipped.
+            probe[name] = {"error": f"{type(error).__name__}: {error}"[:300], "passed": False}
+            continue
         finally:
             converted = encoder.model
             encoder.use_path("fp32", fp32_model)

@@ -144,3 +144,21 @@ def test_request_path_chooses_at_the_first_encode(encoder: TextEncoder, reports)
     assert encoder.path_choice.path == "bf16_autocast" == encoder.compute.name
     metadata = encoder.path_choice.as_metadata()
     assert metadata["requested"] == "bf16_autocast" and "forced" in metadata["reason"]
+
+
+def test_a_candidate_that_cannot_run_is_skipped(encoder: TextEncoder, reports, monkeypatch) -> None:
+    monkeypatch.setattr(encode_paths, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    monkeypatch.setattr(encode_paths, "PROBE_TEXTS", 16)
+    real = encode_paths.convert_model
+
+    def convert(model, name):
+        if name == "bf16_linear":
+            raise RuntimeError("no bf16 kernel for this layer")
+        return real(model, name)
+
+    monkeypatch.setattr(encode_paths, "convert_model", convert)
+    choice = choose_path(encoder, many_reports(reports, 300), "auto")
+    assert choice.probe["bf16_linear"] == {"error": "RuntimeError: no bf16 kernel for this layer",
+                                           "passed": False}
+    assert "bf16" in choice.probe  # the next candidate was still probed
+    assert encoder.compute.name == choice.path in ("bf16", "fp32")

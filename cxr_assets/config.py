@@ -189,6 +189,10 @@ class ContrastiveParams(_Section):
         "pair_only", description="finding statements against their own hard negative only "
         "(pair_only), or also against the batch's other reports where the labeler rules them out "
         "(label_aware)")
+    statement_phrasing: Literal["observation", "report_words", "both"] = Field(
+        "observation", description="finding statements name the CheXpert observation ('Lung "
+        "lesion.'), use the report's own words with their modifiers ('Right upper lobe nodule.'), "
+        "or both (a pair each)")
     simcse_steps: int = Field(0, ge=0, description="optional unsupervised SimCSE steps (dropout views)")
     gradient_checkpointing: bool = False
     distill_weight: float = Field(0.0, ge=0, description="weight of the KL divergence between the "

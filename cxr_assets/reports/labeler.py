@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import polars as pl
 
@@ -355,11 +356,20 @@ def _classify(clause: str, start: int, end: int) -> float:
     return POSITIVE
 
 
-def label_text(text: str) -> dict[str, float | None]:
-    """Labels of one report (see module docstring); keys are CHEXPERT_OBSERVATIONS."""
-    if not isinstance(text, str):
-        raise TypeError(f"report text must be str, got {type(text).__name__}")
-    found: dict[str, list[float]] = {}
+class Mention(NamedTuple):
+    """One mention of an observation: its label and where it sits (clause[start:end] is the
+    matched words; a normal-pattern mention such as "heart size is normal" has normal=True)."""
+
+    observation: str
+    label: float
+    clause: str
+    start: int
+    end: int
+    normal: bool
+
+
+def iter_mentions(text: str) -> Iterator[Mention]:
+    """Every mention of a CheXpert observation in `text`, classified in its clause."""
     for sentence in _SENTENCE.split(text):
         if not sentence or not sentence.strip():
             continue
@@ -368,10 +378,20 @@ def label_text(text: str) -> dict[str, float | None]:
             for match in _MENTION_RE.finditer(clause):
                 group = match.lastgroup
                 if group in _NORMAL_GROUP_OF:
-                    found.setdefault(_NORMAL_GROUP_OF[group], []).append(NEGATIVE)
+                    yield Mention(_NORMAL_GROUP_OF[group], NEGATIVE, clause, match.start(),
+                                  match.end(), True)
                     continue
                 label = _classify(clause, match.start(), match.end())
-                found.setdefault(_GROUP_OF[group], []).append(label)
+                yield Mention(_GROUP_OF[group], label, clause, match.start(), match.end(), False)
+
+
+def label_text(text: str) -> dict[str, float | None]:
+    """Labels of one report (see module docstring); keys are CHEXPERT_OBSERVATIONS."""
+    if not isinstance(text, str):
+        raise TypeError(f"report text must be str, got {type(text).__name__}")
+    found: dict[str, list[float]] = {}
+    for mention in iter_mentions(text):
+        found.setdefault(mention.observation, []).append(mention.label)
     labels: dict[str, float | None] = {o: None for o in CHEXPERT_OBSERVATIONS}
     for observation, values in found.items():
         if POSITIVE in values:

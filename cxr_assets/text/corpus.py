@@ -76,7 +76,9 @@ def training_data(params: Params, paths: ProjectPaths, progress: bool = True) ->
             # negatives (contrastive.hard_negatives false) it would teach nothing.
             log.warning("finding_statements needs contrastive.hard_negatives: not added")
             return data
-        pairs, negatives, tasks = finding_statement_pairs(data.texts, params.project.seed)
+        pairs, negatives, tasks = finding_statement_pairs(
+            data.texts, params.project.seed,
+            phrasing=params.text_encoder.contrastive.statement_phrasing)
         n_before = len(data.pairs)
         data.pairs = data.pairs + pairs
         data.hard_negatives = data.hard_negatives + negatives

@@ -17,11 +17,22 @@ default, `pair_only`, scores a pair against its own hard negative only (the v2 r
 
 The templates deliberately differ from the evaluation's zero-shot prompts ("There is X." /
 "There is no X."), so the zero-shot row measures generalisation, not a memorised sentence.
+
+Phrasing (`contrastive.statement_phrasing`): a statement names its finding by the CheXpert name
+("Lung lesion.", `observation`), by the report's own words with the modifiers written just before
+them ("Right upper lobe nodule.", "Small left pleural effusion.", `report_words`), or both (one
+pair each). CheXpert names are not what reports or users write ("nodule", "rib fracture", "PICC
+line"): with names only, a search for "pulmonary nodule" or a zero-shot prompt for lung lesion
+depends on the encoder already knowing the synonym. A report-words statement is kept only when
+the labeler reads it back as the observation and polarity it was made from (and its hard negative
+as the opposite), so every pair says what its label says.
 """
 
 from __future__ import annotations
 
 import random
+import re
+from functools import lru_cache
 from typing import Any
 
 TASK = "finding_statement"
@@ -33,12 +44,27 @@ NEGATIVE_TEMPLATES = ("No {x}.", "No evidence of {x}.", "{X} is not seen.", "{X}
                       "Negative for {x}.")
 # Observations whose CheXpert name is no phrase a radiologist writes are left out.
 SKIPPED = ("No Finding", "Pleural Other")
+PHRASINGS = ("observation", "report_words", "both")
+# Words that end a mention's modifiers (walking back from the mention): articles, verbs,
+# prepositions, conjunctions and negation or hedge cues belong to the sentence, not the finding.
+_STOP_WORDS = frozenset("""
+a an the there is are was were be been being has have had of with and or no not without any
+in on at to for from by as seen noted again this that these those which who may might could
+possible possibly probable probably likely suggest suggests suggesting concerning consistent
+mm cm xxxx
+evidence negative free clear than also still now persistent persists remains previously
+""".split())
+_MAX_MODIFIERS = 4
+_WORD = re.compile(r"[A-Za-z][A-Za-z-]*$")
 
 
 def statement(observation: str, present: bool, template: int) -> str:
     """The statement of `observation` (a CheXpert name), asserted or denied, by template index."""
+    return _format(observation.lower(), present, template)
+
+
+def _format(phrase: str, present: bool, template: int) -> str:
     templates = POSITIVE_TEMPLATES if present else NEGATIVE_TEMPLATES
-    phrase = observation.lower()
     text = templates[template % len(templates)]
     return text.format(X=phrase[:1].upper() + phrase[1:], x=phrase)
 
@@ -46,6 +72,54 @@ def statement(observation: str, present: bool, template: int) -> str:
 def parse_statement(text: str) -> tuple[str, bool] | None:
     """(observation, present) of a statement written by `statement`, None for any other text."""
     return _STATEMENTS.get(text)
+
+
+@lru_cache(maxsize=65536)
+def statement_fact(text: str) -> tuple[str, bool] | None:
+    """(observation, present) of a statement in either phrasing: a template statement by its
+    template, any other short text by the labeler when it finds exactly one observation asserted
+    or denied in it (None otherwise: then it is no finding statement)."""
+    from cxr_assets.reports.labeler import NEGATIVE, POSITIVE, label_text
+
+    fact = _STATEMENTS.get(text)
+    if fact is not None:
+        return fact
+    facts = [(o, v == POSITIVE) for o, v in label_text(text).items()
+             if o not in SKIPPED and v in (POSITIVE, NEGATIVE)]
+    return facts[0] if len(facts) == 1 else None
+
+
+def mention_phrase(clause: str, start: int, end: int) -> str:
+    """The report's words for the mention clause[start:end]: the matched words with up to four
+    modifiers written just before them ("small right pleural effusion"), lower case."""
+    before = clause[:start].split()
+    modifiers: list[str] = []
+    for word in reversed(before):
+        word = word.strip(",()\"'")
+        if (not _WORD.match(word) or word.lower() in _STOP_WORDS
+                or len(modifiers) == _MAX_MODIFIERS):
+            break
+        modifiers.insert(0, word.lower())
+    return " ".join(modifiers + clause[start:end].lower().split())
+
+
+def _report_words_statement(report: str, observation: str, present: bool, template: int
+                            ) -> tuple[str, str] | None:
+    """(statement, opposite) in the report's own words for one of its mentions of
+    `observation` with this polarity; None when no mention reads back as that fact."""
+    from cxr_assets.reports.labeler import NEGATIVE, POSITIVE, iter_mentions
+
+    wanted = POSITIVE if present else NEGATIVE
+    for mention in iter_mentions(report):
+        if mention.observation != observation or mention.label != wanted or mention.normal:
+            continue
+        phrase = mention_phrase(mention.clause, mention.start, mention.end)
+        if phrase == observation.lower():
+            return None  # the same words as the observation phrasing
+        texts = [_format(phrase, p, template) for p in (present, not present)]
+        if [statement_fact(t) for t in texts] == [(observation, present), (observation, not present)]:
+            return texts[0], texts[1]
+    return None
 
 
 def _all_statements() -> dict[str, tuple[str, bool]]:
@@ -82,21 +156,25 @@ def label_aware_mask(reports: list[str], candidates: list[str]) -> Any:
     from cxr_assets.reports.labeler import label_text
 
     labels = [label_text(r) for r in reports]
-    facts = [parse_statement(c) for c in candidates]
+    facts = [statement_fact(c) for c in candidates]
     return torch.tensor([[j != i and not _rules_out(labels[i], facts[j])
                           for j in range(len(candidates))] for i in range(len(reports))])
 
 
-def finding_statement_pairs(reports: list[str], seed: int, per_report: int = 3
+def finding_statement_pairs(reports: list[str], seed: int, per_report: int = 3,
+                            phrasing: str = "observation"
                             ) -> tuple[list[tuple[str, str]], list[str], list[str]]:
     """(report, statement) pairs, their opposite-polarity hard negatives and task names.
 
-    Up to `per_report` pairs per report, one per observation it mentions as present or absent
-    (uncertain mentions are skipped: neither polarity is right); observations and templates are
-    drawn with a generator seeded by `seed` and the report's position, so pairs are reproducible.
+    Up to `per_report` observations per report, among those it mentions as present or absent
+    (uncertain mentions are skipped: neither polarity is right), each stated in the `phrasing`
+    (one of PHRASINGS; 'both' gives a pair per phrasing); observations and templates are drawn
+    with a generator seeded by `seed` and the report's position, so pairs are reproducible.
     """
     from cxr_assets.reports.labeler import CHEXPERT_OBSERVATIONS, NEGATIVE, POSITIVE, label_reports
 
+    if phrasing not in PHRASINGS:
+        raise ValueError(f"statement phrasing {phrasing!r} is not one of {PHRASINGS}")
     observations = [o for o in CHEXPERT_OBSERVATIONS if o not in SKIPPED]
     table = label_reports(list(reports))
     pairs: list[tuple[str, str]] = []
@@ -108,8 +186,14 @@ def finding_statement_pairs(reports: list[str], seed: int, per_report: int = 3
         rng = random.Random(f"{seed}:{index}")
         for observation, present in rng.sample(mentioned, min(per_report, len(mentioned))):
             template = rng.randrange(len(POSITIVE_TEMPLATES))
-            pairs.append((report, statement(observation, present, template)))
-            negatives.append(statement(observation, not present, template))
+            if phrasing in ("observation", "both"):
+                pairs.append((report, statement(observation, present, template)))
+                negatives.append(statement(observation, not present, template))
+            if phrasing in ("report_words", "both"):
+                own = _report_words_statement(report, observation, present, template)
+                if own is not None:
+                    pairs.append((report, own[0]))
+                    negatives.append(own[1])
     return pairs, negatives, [TASK] * len(pairs)
 
 

@@ -245,8 +245,43 @@ def test_finding_statements_follow_the_labeler_and_differ_from_the_zero_shot_pro
     assert finding_statement_pairs(reports, seed=0) == (pairs, negatives, tasks)
 
 
+def test_report_words_statements_use_the_reports_own_phrase_and_read_back_as_their_label() -> None:
+    import pytest
+
+    from cxr_assets.text.statements import finding_statement_pairs, mention_phrase, statement_fact
+
+    def phrase(clause: str, words: str) -> str:
+        start = clause.index(words)
+        return mention_phrase(clause, start, start + len(words))
+
+    assert phrase("There is a small right pleural effusion", "effusion") == \
+        "small right pleural effusion"
+    assert phrase("No definite focal consolidation", "consolidation") == \
+        "definite focal consolidation"
+    assert phrase("Unchanged (4 mm) nodule", "nodule") == "nodule"  # numbers end the modifiers
+    reports = ["Right upper lobe nodule. No pneumothorax.", "Old healed left rib fractures.",
+               "Cardiomegaly.", "Possible pneumonia."]
+    own, own_negatives, _ = finding_statement_pairs(reports, seed=0, phrasing="report_words")
+    statements = {p[1].rstrip(".").lower().split(" is ")[0] for p in own}
+    # Report 0: its own nodule phrase and its denial; report 1: the fracture with its modifiers;
+    # report 2: the words equal the observation's name (only the 'observation' phrasing has it);
+    # report 3: uncertain, no statement.
+    assert any("right upper lobe nodule" in s for s in statements)
+    assert any("old healed left rib fracture" in s for s in statements)
+    assert not any("cardiomegaly" in s for s in statements)
+    for (report, text), negative in zip(own, own_negatives):
+        fact = statement_fact(text)
+        assert fact is not None and statement_fact(negative) == (fact[0], not fact[1])
+    named, _, _ = finding_statement_pairs(reports, seed=0, phrasing="observation")
+    both, _, _ = finding_statement_pairs(reports, seed=0, phrasing="both")
+    assert set(both) == set(named) | set(own) and len(both) == len(named) + len(own)
+    with pytest.raises(ValueError, match="phrasing 'synonyms'"):
+        finding_statement_pairs(reports, seed=0, phrasing="synonyms")
+
+
 def test_label_aware_mask_hides_only_statements_the_labeler_does_not_rule_out() -> None:
-    from cxr_assets.text.statements import label_aware_mask, parse_statement, statement
+    from cxr_assets.text.statements import (label_aware_mask, parse_statement, statement,
+                                            statement_fact)
 
     reports = ["Large right pleural effusion. No pneumothorax.",   # effusion +, pneumothorax -
                "Heart size normal. Lungs are clear.",               # cardiomegaly -, effusion blank
@@ -258,6 +293,9 @@ def test_label_aware_mask_hides_only_statements_the_labeler_does_not_rule_out() 
                  statement("Cardiomegaly", False, 2)]
     assert parse_statement(statements[1]) == ("Cardiomegaly", False)
     assert parse_statement("There is cardiomegaly.") is None  # the zero-shot prompt is no statement
+    # A report-words statement has no template: the mask reads its fact with the labeler.
+    assert statement_fact("Small left pleural effusion is seen.") == ("Pleural Effusion", True)
+    assert statement_fact("Comparison: none.") is None
     mask = label_aware_mask(reports, statements + negatives).tolist()
     # Report 0 says nothing of the heart: "No cardiomegaly." may be true of it (hidden, twice),
     # while the assertions of cardiomegaly are ruled out (negatives it must rank below its own).

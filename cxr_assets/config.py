@@ -193,6 +193,9 @@ class ContrastiveParams(_Section):
         "observation", description="finding statements name the CheXpert observation ('Lung "
         "lesion.'), use the report's own words with their modifiers ('Right upper lobe nodule.'), "
         "or both (a pair each)")
+    normal_statements: bool = Field(False, description="also state 'No acute cardiopulmonary "
+                                    "abnormality.' for the reports the labeler finds normal, so "
+                                    "short normal reports meet finding queries in training")
     simcse_steps: int = Field(0, ge=0, description="optional unsupervised SimCSE steps (dropout views)")
     gradient_checkpointing: bool = False
     distill_weight: float = Field(0.0, ge=0, description="weight of the KL divergence between the "
@@ -252,6 +255,9 @@ class TextCorpusParams(_Section):
     heldout_fraction: float = Field(
         0.3, gt=0, lt=1, description="uid-level share of IU reports never trained on (evaluation)"
     )
+    validation_fraction: float = Field(
+        0.0, ge=0, lt=1, description="uid-level share of the IU training part also kept out of "
+        "training, to choose among variants there (benchmarks/ablate_head_statements.py); 0: none")
     salt: str = "cxr-text-eval-v1"
 
 

@@ -51,6 +51,11 @@ def _pairs_from_variants(variants: pl.DataFrame, use_negatives: bool) -> Trainin
                         train["variant_kind"].to_list(), "report_variants")
 
 
+def validation_salt(te) -> str:
+    """The salt of the validation part (corpus.validation_fraction): apart from the held-out one."""
+    return f"{te.corpus.salt}:validation"
+
+
 def training_texts(paths: ProjectPaths) -> tuple[list[str], list[tuple[str, str]]]:
     """Reports of the training split, and (findings, impression) pairs drawn from them only."""
     reports = pl.read_parquet(paths.report_texts_table)
@@ -78,7 +83,8 @@ def training_data(params: Params, paths: ProjectPaths, progress: bool = True) ->
             return data
         pairs, negatives, tasks = finding_statement_pairs(
             data.texts, params.project.seed,
-            phrasing=params.text_encoder.contrastive.statement_phrasing)
+            phrasing=params.text_encoder.contrastive.statement_phrasing,
+            normal=params.text_encoder.contrastive.normal_statements)
         n_before = len(data.pairs)
         data.pairs = data.pairs + pairs
         data.hard_negatives = data.hard_negatives + negatives
@@ -91,10 +97,12 @@ def _report_pairs(params: Params, paths: ProjectPaths, progress: bool) -> Traini
     te = params.text_encoder
     if te.corpus.source == "iu_csv":
         from cxr_assets.reports.variants import build_variants
-        from cxr_assets.text.evaluation import load_iu_reports
+        from cxr_assets.text.evaluation import load_iu_reports, with_validation_part
 
         csv = paths.at(te.corpus.iu_csv)
         iu = load_iu_reports(csv, te.corpus.salt, te.corpus.heldout_fraction)
+        if te.corpus.validation_fraction:
+            iu = with_validation_part(iu, te.corpus.validation_fraction, validation_salt(te))
         train = iu.filter(pl.col("split") == "train").sort("study_id")
         report_texts = train.select(
             "study_id", pl.col("report").alias("report_for_training"), "findings", "impression"

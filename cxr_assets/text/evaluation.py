@@ -85,6 +85,24 @@ def load_iu_reports(csv: Path, salt: str, heldout_fraction: float) -> pl.DataFra
     return pl.DataFrame(rows)
 
 
+def with_validation_part(frame: pl.DataFrame, fraction: float, salt: str) -> pl.DataFrame:
+    """`frame` (load_iu_reports) with a uid-level `fraction` of its 'train' rows moved to
+    'validation' (for choosing among training variants without the held-out part), and the
+    training rows whose text also occurs there to 'validation_duplicate' (never trained on)."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    picked = frame["uid"].map_elements(lambda u: uid_heldout(u, salt, fraction),
+                                       return_dtype=pl.Boolean)
+    frame = frame.with_columns(
+        pl.when((pl.col("split") == "train") & picked).then(pl.lit("validation"))
+        .otherwise(pl.col("split")).alias("split"))
+    canonical = frame["report"].map_elements(_canonical, return_dtype=pl.String)
+    seen = set(canonical.filter(frame["split"] == "validation").to_list())
+    return frame.with_columns(
+        pl.when((pl.col("split") == "train") & canonical.is_in(list(seen)))
+        .then(pl.lit("validation_duplicate")).otherwise(pl.col("split")).alias("split"))
+
+
 def _canonical(text: str) -> str:
     """Case- and whitespace-insensitive identity of a report text."""
     return " ".join(text.lower().split())

@@ -45,21 +45,27 @@ NEGATIVE_TEMPLATES = ("No {x}.", "No evidence of {x}.", "{X} is not seen.", "{X}
 # Observations whose CheXpert name is no phrase a radiologist writes are left out.
 SKIPPED = ("No Finding", "Pleural Other")
 PHRASINGS = ("observation", "report_words", "both")
+# "No Finding" has its own parallel templates (its CheXpert name is no sentence). Stated for the
+# reports the labeler finds normal, it puts short normal reports ("No active disease."), which
+# mention no observation, into the statement batches: without them nothing teaches a finding
+# query to rank them low, and they become hubs a short query lands on.
+NO_FINDING = "No Finding"
+NORMAL_TEMPLATES = ("No acute cardiopulmonary abnormality.", "Normal chest radiograph.",
+                    "No acute findings.", "Normal chest x-ray.", "No active disease in the chest.")
+ABNORMAL_TEMPLATES = ("Acute cardiopulmonary abnormality.", "Abnormal chest radiograph.",
+                      "Acute findings.", "Abnormal chest x-ray.", "Active disease in the chest.")
 # Words that end a mention's modifiers (walking back from the mention): articles, verbs,
 # prepositions, conjunctions and negation or hedge cues belong to the sentence, not the finding.
-_STOP_WORDS = frozenset("""
-a an the there is are was were be been being has have had of with and or no not without any
-in on at to for from by as seen noted again this that these those which who may might could
-possible possibly probable probably likely suggest suggests suggesting concerning consistent
-mm cm xxxx
-evidence negative free clear than also still now persistent persists remains previously
-""".split())
+_STOP_WORDS = frozenset(["a", "an", "the", "there", "is", "are", "was", "were", "be", "been", "being", "has", "have", "had", "of", "with", "and", "or", "no", "not", "without", "any", "in", "on", "at", "to", "for", "from", "by", "as", "seen", "noted", "again", "this", "that", "these", "those", "which", "who", "may", "might", "could", "possible", "possibly", "probable", "probably", "likely", "suggest", "suggests", "suggesting", "concerning", "consistent", "mm", "cm", "xxxx", "evidence", "negative", "free", "clear", "than", "also", "still", "now", "persistent", "persists", "remains", "previously"])
 _MAX_MODIFIERS = 4
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]*$")
 
 
 def statement(observation: str, present: bool, template: int) -> str:
     """The statement of `observation` (a CheXpert name), asserted or denied, by template index."""
+    if observation == NO_FINDING:
+        templates = NORMAL_TEMPLATES if present else ABNORMAL_TEMPLATES
+        return templates[template % len(templates)]
     return _format(observation.lower(), present, template)
 
 
@@ -126,7 +132,7 @@ def _all_statements() -> dict[str, tuple[str, bool]]:
     from cxr_assets.reports.labeler import CHEXPERT_OBSERVATIONS
 
     return {statement(o, present, k): (o, present)
-            for o in CHEXPERT_OBSERVATIONS if o not in SKIPPED
+            for o in (*(o for o in CHEXPERT_OBSERVATIONS if o not in SKIPPED), NO_FINDING)
             for present in (True, False) for k in range(len(POSITIVE_TEMPLATES))}
 
 
@@ -162,13 +168,15 @@ def label_aware_mask(reports: list[str], candidates: list[str]) -> Any:
 
 
 def finding_statement_pairs(reports: list[str], seed: int, per_report: int = 3,
-                            phrasing: str = "observation"
+                            phrasing: str = "observation", normal: bool = False
                             ) -> tuple[list[tuple[str, str]], list[str], list[str]]:
     """(report, statement) pairs, their opposite-polarity hard negatives and task names.
 
     Up to `per_report` observations per report, among those it mentions as present or absent
     (uncertain mentions are skipped: neither polarity is right), each stated in the `phrasing`
-    (one of PHRASINGS; 'both' gives a pair per phrasing); observations and templates are drawn
+    (one of PHRASINGS; 'both' gives a pair per phrasing); with `normal`, a report the labeler
+    finds normal also has "No Finding" among them (NORMAL_TEMPLATES, against ABNORMAL_TEMPLATES);
+    observations and templates are drawn
     with a generator seeded by `seed` and the report's position, so pairs are reproducible.
     """
     from cxr_assets.reports.labeler import CHEXPERT_OBSERVATIONS, NEGATIVE, POSITIVE, label_reports
@@ -181,6 +189,8 @@ def finding_statement_pairs(reports: list[str], seed: int, per_report: int = 3,
     negatives: list[str] = []
     for index, (report, row) in enumerate(zip(reports, table.iter_rows(named=True))):
         mentioned = [(o, row[o] == POSITIVE) for o in observations if row[o] in (POSITIVE, NEGATIVE)]
+        if normal and row[NO_FINDING] == POSITIVE:
+            mentioned.append((NO_FINDING, True))
         if not mentioned:
             continue
         rng = random.Random(f"{seed}:{index}")
@@ -189,7 +199,7 @@ def finding_statement_pairs(reports: list[str], seed: int, per_report: int = 3,
             if phrasing in ("observation", "both"):
                 pairs.append((report, statement(observation, present, template)))
                 negatives.append(statement(observation, not present, template))
-            if phrasing in ("report_words", "both"):
+            if phrasing in ("report_words", "both") and observation != NO_FINDING:
                 own = _report_words_statement(report, observation, present, template)
                 if own is not None:
                     pairs.append((report, own[0]))

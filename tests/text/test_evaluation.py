@@ -152,3 +152,24 @@ def test_iu_eval_set_never_overlaps_the_training_part() -> None:
     assert sum(1 for a in data.abbreviated if a) > 30
     assert sum(1 for c in data.corrupted if c) > 20
     assert all(v != data.impressions[i] for i, c in enumerate(data.corrupted) for v in c.values())
+
+
+def test_validation_part_is_cut_from_the_training_side_with_its_duplicate_texts() -> None:
+    from cxr_assets.text.evaluation import with_validation_part
+
+    texts = ["Normal chest.", "Large right effusion.", "Cardiomegaly.", "Normal chest."] * 50
+    frame = pl.DataFrame({
+        "uid": [str(i) for i in range(200)],
+        "report": [f"{t} {i}" if i % 4 else t for i, t in enumerate(texts)],
+        "split": ["heldout" if i % 10 == 0 else "train" for i in range(200)],
+    })
+    cut = with_validation_part(frame, 0.25, "salt")
+    counts = dict(cut.group_by("split").len().iter_rows())
+    assert 25 < counts["validation"] < 65 and counts["heldout"] == 20  # held-out rows untouched
+    validation = set(cut.filter(pl.col("split") == "validation")["report"])
+    # "Normal chest." repeats verbatim: once in validation, it is never a training text.
+    assert not validation & set(cut.filter(pl.col("split") == "train")["report"])
+    assert "validation_duplicate" in counts
+    assert cut.equals(with_validation_part(frame, 0.25, "salt"))
+    with pytest.raises(ValueError, match="validation fraction"):
+        with_validation_part(frame, 0.0, "salt")

@@ -279,9 +279,32 @@ def test_report_words_statements_use_the_reports_own_phrase_and_read_back_as_the
         finding_statement_pairs(reports, seed=0, phrasing="synonyms")
 
 
+def test_normal_statements_put_reports_without_any_mention_into_statement_batches() -> None:
+    from cxr_assets.text.statements import finding_statement_pairs, label_aware_mask, statement_fact
+
+    reports = ["No active disease.", "Large right pleural effusion.", "Possible pneumonia."]
+    plain, _, _ = finding_statement_pairs(reports, seed=0)
+    assert [p[0] for p in plain] == [reports[1]]  # a report that mentions nothing had no pair
+    pairs, negatives, _ = finding_statement_pairs(reports, seed=0, normal=True)
+    normal = [(p[1], n) for p, n in zip(pairs, negatives) if p[0] == reports[0]]
+    assert len(normal) == 1 and [p[0] for p in pairs].count(reports[2]) == 0  # uncertain: none
+    said, opposite = normal[0]
+    assert statement_fact(said) == ("No Finding", True)
+    assert statement_fact(opposite) == ("No Finding", False)
+    # The normal statement is a negative of the effusion report and vice versa; the abnormal
+    # statement may be true of the effusion report (hidden), never of the normal one.
+    effusion = next(p[1] for p in pairs if p[0] == reports[1])
+    mask = label_aware_mask(reports[:2], [said, effusion, opposite]).tolist()
+    assert mask == [[False, False, False], [False, False, True]]
+
+
 def test_label_aware_mask_hides_only_statements_the_labeler_does_not_rule_out() -> None:
-    from cxr_assets.text.statements import (label_aware_mask, parse_statement, statement,
-                                            statement_fact)
+    from cxr_assets.text.statements import (
+        label_aware_mask,
+        parse_statement,
+        statement,
+        statement_fact,
+    )
 
     reports = ["Large right pleural effusion. No pneumothorax.",   # effusion +, pneumothorax -
                "Heart size normal. Lungs are clear.",               # cardiomegaly -, effusion blank

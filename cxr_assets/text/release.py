@@ -227,6 +227,9 @@ def write_model_card(folder: Path, params: Any, result: Any, data_source: str,
         "(report variants: abbreviated -> report, findings -> impression, report -> impression, "
         "style rewrites, sentence shuffles, expansions; hard negatives: negation flip, "
         "laterality swap, finding swap)"),
+        (f"- finding statements: phrasing {te.contrastive.statement_phrasing}"
+         + (", with normal-report statements" if te.contrastive.normal_statements else "")
+         if te.contrastive.finding_statements else "- finding statements: none"),
         (f"- started from: `{te.init_from}` (its adapters merged first"
          + (", then a fresh LoRA)" if te.contrastive.steps else "; no new LoRA round)")
          if te.init_from else "- started from: the base model"),

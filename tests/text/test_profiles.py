@@ -37,7 +37,8 @@ def test_release_profile_differs_only_in_paths_and_text_encoder() -> None:
         assert (REPO / start / "encoder_config.json").is_file(), start
     assert release.paths.artifacts_dir != base.paths.artifacts_dir  # the demo's artifacts stay
     base_raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    for profile in ("params.release.yaml", "params.release_v3.yaml", "params.release_v4.yaml"):
+    for profile in ("params.release.yaml", "params.release_v3.yaml", "params.release_v4.yaml",
+                    "params.release_v5.yaml"):
         raw = yaml.safe_load((REPO / profile).read_text())
         changed = sorted(k for k in base_raw if raw[k] != base_raw[k])
         assert changed == ["paths", "text_encoder"], f"{profile} out of sync: {changed}"
@@ -69,3 +70,23 @@ def test_v4_profile_writes_the_committed_v4_release_from_v3() -> None:
     if demo.init_from == v4.release_to:  # the demo loads it with the same pooling and weight
         assert demo.pooling == v4.pooling
         assert demo.latent_attention.mean_weight == v4.latent_attention.mean_weight
+
+
+def test_v5_profile_writes_the_committed_v5_release_from_v4() -> None:
+    """v5 (v4's head trained further on finding statements in the report's own words and on
+    normal-report statements) is reproducible from its profile, and the demo default uses it."""
+    v5 = load_params(REPO / "params.release_v5.yaml").text_encoder
+    v4 = load_params(REPO / "params.release_v4.yaml").text_encoder
+    demo = load_params(REPO / "params.yaml").text_encoder
+    assert v5.init_from == v4.release_to and v5.release_to != v4.release_to
+    assert v5.head_training.steps > 0 and v5.contrastive.steps == 0 and v5.mntp.steps == 0
+    assert v5.contrastive.statement_phrasing == "both" and v5.contrastive.normal_statements
+    assert v5.pooling == v4.pooling
+    assert v5.latent_attention.mean_weight == v4.latent_attention.mean_weight
+    folder = REPO / v5.release_to
+    for name in ("pooling_head.safetensors", "postprocess.safetensors", "evaluation.json"):
+        assert (folder / name).is_file(), name
+    assert "params.release_v5.yaml" in (folder / "MODEL_CARD.md").read_text()
+    assert demo.init_from == v5.release_to
+    assert demo.pooling == v5.pooling
+    assert demo.latent_attention.mean_weight == v5.latent_attention.mean_weight

@@ -17,7 +17,8 @@ all-MiniLM-L6-v2 and the starting release. Besides the five text-tower metrics i
 search: the 20 queries of bench_search_quality.py, precision@5 by the labeler's findings, over
 the scored reports and over 600 demo-style reports drawn with another seed than the demo's.
 
-    python benchmarks/ablate_head_statements.py            # ~35 min on 2 cores
+    python benchmarks/ablate_head_statements.py                          # ~35 min on 2 cores
+    python benchmarks/ablate_head_statements.py observation both_normal  # some variants
 Writes benchmarks/results/head_statement_ablation.json and prints the table.
 """
 
@@ -98,7 +99,7 @@ def search_precision(encoder, reports: list[str]) -> float:
     return float(precision_at_k(queries, encoder.encode(reports), relevant).mean())
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     import polars as pl
     import torch
     from bench_search_quality import QUERIES
@@ -119,6 +120,10 @@ def main() -> int:
     )
     from cxr_assets.text.head_training import CachedTeacher, TokenStates, train_pooling_head
 
+    chosen = argv or list(VARIANTS)
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     torch.set_num_threads(2)
     params = load_params(PROFILE)
     paths = ProjectPaths.from_params(params, REPO)
@@ -146,7 +151,7 @@ def main() -> int:
         return ([data.pairs[i] for i in keep], [data.hard_negatives[i] for i in keep],
                 [data.tasks[i] for i in keep])
 
-    datas = {name: variant_data(settings) for name, settings in VARIANTS.items()}
+    datas = {name: variant_data(VARIANTS[name]) for name in chosen}
     texts = set(demo) | {q for q, _ in QUERIES}
     for data in scored.values():
         texts |= set(data.reports) | {a for a in data.abbreviated if a} | set(data.findings) \
@@ -222,4 +227,4 @@ def render(result: dict) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -51,7 +52,7 @@ def _pairs_from_variants(variants: pl.DataFrame, use_negatives: bool) -> Trainin
                         train["variant_kind"].to_list(), "report_variants")
 
 
-def validation_salt(te) -> str:
+def validation_salt(te: Any) -> str:
     """The salt of the validation part (corpus.validation_fraction): apart from the held-out one."""
     return f"{te.corpus.salt}:validation"
 

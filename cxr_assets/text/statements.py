@@ -56,7 +56,15 @@ ABNORMAL_TEMPLATES = ("Acute cardiopulmonary abnormality.", "Abnormal chest radi
                       "Acute findings.", "Abnormal chest x-ray.", "Active disease in the chest.")
 # Words that end a mention's modifiers (walking back from the mention): articles, verbs,
 # prepositions, conjunctions and negation or hedge cues belong to the sentence, not the finding.
-_STOP_WORDS = frozenset(["a", "an", "the", "there", "is", "are", "was", "were", "be", "been", "being", "has", "have", "had", "of", "with", "and", "or", "no", "not", "without", "any", "in", "on", "at", "to", "for", "from", "by", "as", "seen", "noted", "again", "this", "that", "these", "those", "which", "who", "may", "might", "could", "possible", "possibly", "probable", "probably", "likely", "suggest", "suggests", "suggesting", "concerning", "consistent", "mm", "cm", "xxxx", "evidence", "negative", "free", "clear", "than", "also", "still", "now", "persistent", "persists", "remains", "previously"])
+_STOP_WORDS = frozenset((
+    "a", "an", "the", "there", "is", "are", "was", "were", "be", "been", "being", "has",
+    "have", "had", "of", "with", "and", "or", "no", "not", "without", "any", "in", "on", "at",
+    "to", "for", "from", "by", "as", "seen", "noted", "again", "this", "that", "these",
+    "those", "which", "who", "may", "might", "could", "possible", "possibly", "probable",
+    "probably", "likely", "suggest", "suggests", "suggesting", "concerning", "consistent",
+    "mm", "cm", "xxxx", "evidence", "negative", "free", "clear", "than", "also", "still",
+    "now", "persistent", "persists", "remains", "previously",
+))
 _MAX_MODIFIERS = 4
 _WORD = re.compile(r"[A-Za-z][A-Za-z-]*$")
 
@@ -175,9 +183,9 @@ def finding_statement_pairs(reports: list[str], seed: int, per_report: int = 3,
     Up to `per_report` observations per report, among those it mentions as present or absent
     (uncertain mentions are skipped: neither polarity is right), each stated in the `phrasing`
     (one of PHRASINGS; 'both' gives a pair per phrasing); with `normal`, a report the labeler
-    finds normal also has "No Finding" among them (NORMAL_TEMPLATES, against ABNORMAL_TEMPLATES);
-    observations and templates are drawn
-    with a generator seeded by `seed` and the report's position, so pairs are reproducible.
+    finds normal also has "No Finding" among them, always stated with NORMAL_TEMPLATES (against
+    ABNORMAL_TEMPLATES); observations and templates are drawn with a generator seeded by `seed`
+    and the report's position, so pairs are reproducible.
     """
     from cxr_assets.reports.labeler import CHEXPERT_OBSERVATIONS, NEGATIVE, POSITIVE, label_reports
 
@@ -196,7 +204,7 @@ def finding_statement_pairs(reports: list[str], seed: int, per_report: int = 3,
         rng = random.Random(f"{seed}:{index}")
         for observation, present in rng.sample(mentioned, min(per_report, len(mentioned))):
             template = rng.randrange(len(POSITIVE_TEMPLATES))
-            if phrasing in ("observation", "both"):
+            if phrasing in ("observation", "both") or observation == NO_FINDING:
                 pairs.append((report, statement(observation, present, template)))
                 negatives.append(statement(observation, not present, template))
             if phrasing in ("report_words", "both") and observation != NO_FINDING:

@@ -279,6 +279,16 @@ def test_report_words_statements_use_the_reports_own_phrase_and_read_back_as_the
         finding_statement_pairs(reports, seed=0, phrasing="synonyms")
 
 
+def test_report_words_statement_that_reads_back_otherwise_is_dropped(monkeypatch) -> None:
+    from cxr_assets.text import statements
+
+    report = ["Large right pleural effusion."]
+    assert statements.finding_statement_pairs(report, seed=0, phrasing="report_words")[0]
+    # A phrase the labeler reads as uncertain (or as another finding) would teach a wrong fact.
+    monkeypatch.setattr(statements, "mention_phrase", lambda *_: "possible pleural effusion")
+    assert statements.finding_statement_pairs(report, seed=0, phrasing="report_words")[0] == []
+
+
 def test_normal_statements_put_reports_without_any_mention_into_statement_batches() -> None:
     from cxr_assets.text.statements import finding_statement_pairs, label_aware_mask, statement_fact
 

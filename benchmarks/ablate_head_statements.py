@@ -49,20 +49,6 @@ HEADLINE = (("abbreviation", "R@1"), ("summarization", "R@10"), ("error_discrimi
 DEMO_SEED, DEMO_REPORTS = 99, 600  # the demo itself is seed 7: its benchmark stays unseen
 
 
-def demo_style_reports(n: int, seed: int) -> list[str]:
-    """Reports written by the demo generator (no images), for a search proxy in its language."""
-    from cxr_assets.demo.generate import _plan
-    from cxr_assets.demo.reports import ReportContext, write_report
-
-    out = []
-    for study in _plan(n, seed, 3, 2):
-        ctx = ReportContext(style=study.style, house=study.institution.house, views=study.views,
-                            sex=study.sex, prior=study.prior, indication=study.indication)
-        out.append(write_report(study.findings, ctx,
-                                np.random.default_rng([seed, study.study_id, 1])))
-    return out
-
-
 class CachedStatesEncoder:
     """The release's embedding (post-processed mean beside `head`) from cached token states."""
 
@@ -106,6 +92,7 @@ def main(argv: list[str]) -> int:
     from provenance import provenance
 
     from cxr_assets.config import load_params
+    from cxr_assets.demo.generate import sample_reports
     from cxr_assets.paths import ProjectPaths
     from cxr_assets.text.baselines import MiniLMEncoder
     from cxr_assets.text.corpus import training_data, validation_salt
@@ -141,7 +128,7 @@ def main(argv: list[str]) -> int:
             .otherwise(pl.lit("other")).alias("split")), 300, te.evaluation.seed),
         "heldout": build_eval_set(iu, 300, te.evaluation.seed),
     }
-    demo = demo_style_reports(DEMO_REPORTS, DEMO_SEED)
+    demo = sample_reports(DEMO_REPORTS, DEMO_SEED)
 
     def variant_data(settings: dict):
         contrastive = te.contrastive.model_copy(update=settings)

@@ -79,7 +79,7 @@ def demo_encoder_folder() -> Path:
     return ROOT / init_from
 
 
-OUR_PATHS = ("fp32", "fp32_fixed_batches", "bf16_linear", "bf16", "bf16_compiled", "bf16_autocast",
+OUR_PATHS = ("fp32", "fp32_fixed_batches", "int8_smooth", "bf16_linear", "bf16", "bf16_compiled", "bf16_autocast",
              "int8_dynamic", "auto")
 
 
@@ -119,7 +119,8 @@ def worker(name: str, out: Path) -> None:
             choice = choose_path(encoder, texts, "auto", batch_size=BATCH)
             extra = {"chosen": choice.as_metadata(), "probe_s": time.perf_counter() - start}
         elif path not in ("fp32", "fp32_fixed_batches"):
-            encoder.use_path(path, convert_model(encoder.model, path))
+            encoder.use_path(path, convert_model(encoder.model, path, encoder.tokenizer,
+                                                    encoder.max_length))
         # fp32_fixed_batches: batches of BATCH texts whatever their padded size (the old way).
         budget = {"max_batch_tokens": None} if path == "fp32_fixed_batches" else {}
         start = time.perf_counter()  # warm-up (allocator, kernels; bf16_compiled: compiling)
@@ -178,7 +179,8 @@ def heldout_metrics(path: str, out: Path) -> None:
     data = build_eval_set(iu, METRIC_REPORTS, te.evaluation.seed)
     encoder = TextEncoder.from_pretrained(demo_encoder_folder())
     if path != "fp32":
-        encoder.use_path(path, convert_model(encoder.model, path))
+        encoder.use_path(path, convert_model(encoder.model, path, encoder.tokenizer,
+                                                    encoder.max_length))
     rows = evaluate_encoder(encoder, data, path, batch_size=BATCH)
     out.write_text(json.dumps({f"{r['task']}/{r['metric']}": {"value": r["value"], "n": r["n"]}
                               for r in rows if HEADLINE.get(r["task"]) == r["metric"]}))

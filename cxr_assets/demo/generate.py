@@ -319,6 +319,20 @@ def _write_study(study: _Study, seed: int, image_size: int, study_dir: Path) -> 
     return len(study.views)
 
 
+def _study_report(study: _Study, seed: int) -> str:
+    ctx = ReportContext(style=study.style, house=study.institution.house, views=study.views,
+                        sex=study.sex, prior=study.prior, indication=study.indication)
+    return write_report(study.findings, ctx, np.random.default_rng([seed, study.study_id, 1]))
+
+
+def sample_reports(n: int, seed: int, n_institutions: int = 3, views_per_study_max: int = 2
+                   ) -> list[str]:
+    """The reports `generate_demo_dataset` would write for these settings, without images: a
+    deterministic set of reports in every demo style (calibration, ablation proxies)."""
+    return [_study_report(study, seed)
+            for study in _plan(n, seed, n_institutions, views_per_study_max)]
+
+
 def _prepare_out_dir(out_dir: Path) -> None:
     """Refuse to write into a folder holding foreign files; clear a previous demo run."""
     if out_dir.exists() and not out_dir.is_dir():
@@ -371,15 +385,7 @@ def generate_demo_dataset(
     for study in tqdm(studies, desc="demo studies", disable=not progress):
         patient_dir = out_dir / "files" / f"p{str(study.patient_id)[:2]}" / f"p{study.patient_id}"
         n_images += _write_study(study, seed, image_size, patient_dir / f"s{study.study_id}")
-        ctx = ReportContext(
-            style=study.style,
-            house=study.institution.house,
-            views=study.views,
-            sex=study.sex,
-            prior=study.prior,
-            indication=study.indication,
-        )
-        text = write_report(study.findings, ctx, np.random.default_rng([seed, study.study_id, 1]))
+        text = _study_report(study, seed)
         (patient_dir / f"s{study.study_id}.txt").write_text(text, encoding="utf-8")
         rows.append(
             (

@@ -12,10 +12,22 @@ from cxr_assets.text.encode_paths import (
     auto_candidates,
     choose_path,
     convert_model,
+    _int8_linear,
     cpu_flags,
     fidelity,
+    int8_weight_levels,
 )
 from cxr_assets.text.encoder import TextEncoder, length_batches
+
+
+def quantize_dynamic(*args, **kwargs):
+    import warnings
+
+    from torch.ao.quantization import quantize_dynamic as quantize
+
+    with warnings.catch_warnings():  # torch.ao's deprecation notice
+        warnings.simplefilter("ignore")
+        return quantize(*args, **kwargs)
 
 
 @pytest.fixture()
@@ -60,10 +72,85 @@ def test_cpu_flags_and_candidates(tmp_path: Path) -> None:
     assert cpu_flags(tmp_path / "missing") == frozenset()
     assert auto_candidates(frozenset({"avx2", "fma"}), cuda=False)[0] == []
     assert "native bf16" in auto_candidates(frozenset({"avx2"}), cuda=False)[1]
-    assert auto_candidates(frozenset({"avx2", "avx512_bf16"}), cuda=False)[0] == ["bf16_linear",
-                                                                                   "bf16"]
-    assert auto_candidates(frozenset({"amx_bf16"}), cuda=False)[0][0] == "bf16_linear"
+    assert auto_candidates(frozenset({"avx2", "avx512_bf16"}), cuda=False)[0] == [
+        "int8_smooth", "bf16_linear", "bf16"]
+    assert auto_candidates(frozenset({"amx_bf16"}), cuda=False)[0][0] == "int8_smooth"
     assert auto_candidates(frozenset(), cuda=True)[0] == ["cuda_bf16"]
+
+
+def test_an_isa_cap_removes_native_bf16_and_vnni(tmp_path: Path, monkeypatch) -> None:
+    """ONEDNN_MAX_CPU_ISA=AVX2 (how the benchmark emulates an AVX2-only CPU) makes bf16 emulated
+    and int8 products saturate beyond 7-bit weights: the flags and weight levels follow it."""
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: avx2 avx512f avx512_vnni avx512_bf16\n")
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    assert "avx512_bf16" in cpu_flags(info)
+    assert int8_weight_levels(cpu_flags(info)) == 127
+    assert int8_weight_levels(frozenset({"avx2", "fma"})) == 63
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert "avx512_bf16" not in cpu_flags(info) and "avx2" in cpu_flags(info)
+    assert int8_weight_levels(cpu_flags(info)) == 63
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert "avx512_bf16" in cpu_flags(info) and int8_weight_levels(cpu_flags(info)) == 127
+
+
+def test_int8_linear_scales_each_token_apart() -> None:
+    """A massive-activation token (SmolLM2 has them) must not crush the other tokens' precision,
+    as one scale per tensor (int8_dynamic) does."""
+    import torch
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32)
+    x = torch.randn(8, 64)
+    x[0] *= 1e4  # one massive token
+    with torch.no_grad():
+        reference = linear(x)
+        for levels in (127, 63):
+            out = _int8_linear(linear, levels)(x)
+            assert out.shape == reference.shape and out.dtype == reference.dtype
+            error = (out - reference).norm(dim=1) / reference.norm(dim=1)
+            assert float(error.max()) < (0.02 if levels == 127 else 0.04)
+        per_tensor = quantize_dynamic(torch.nn.Sequential(linear), {torch.nn.Linear},
+                                      dtype=torch.qint8)(x)
+    assert float(((per_tensor - reference).norm(dim=1) / reference.norm(dim=1))[1:].max()) > 0.1
+
+
+def test_smoothing_keeps_the_function_and_flattens_the_activations(encoder: TextEncoder,
+                                                                     reports) -> None:
+    import copy
+
+    import torch
+
+    from cxr_assets.text.encode_paths import _activation_maxima, smooth_activations
+
+    # Give one input channel of every q/k/v an outlier: smoothing must move it into the weights.
+    model = copy.deepcopy(encoder.model)
+    for layer in model.layers:
+        with torch.no_grad():
+            layer.input_layernorm.weight[3] *= 50.0
+    batch = encoder.tokenizer(reports[:4], padding=True, return_tensors="pt")
+    with torch.inference_mode():
+        before = model(**batch).last_hidden_state
+    maxima = _activation_maxima(model, encoder.tokenizer, reports, 64)
+    q_proj = model.layers[0].self_attn.q_proj
+    spread_before = float(maxima[q_proj].max() / maxima[q_proj].median())
+    assert spread_before > 10
+    smoothed = smooth_activations(model, maxima)
+    with torch.inference_mode():
+        after = smoothed(**batch).last_hidden_state
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    after_maxima = _activation_maxima(smoothed, encoder.tokenizer, reports, 64)
+    assert float(after_maxima[q_proj].max() / after_maxima[q_proj].median()) < spread_before / 3
+
+
+def test_int8_smooth_needs_a_tokenizer_and_a_llama_style_decoder(encoder: TextEncoder) -> None:
+    import torch
+
+    with pytest.raises(ValueError, match="tokenizer"):
+        convert_model(encoder.model, "int8_smooth")
+    with pytest.raises(ValueError, match="Llama-style decoder"):
+        convert_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), "int8_smooth",
+                      encoder.tokenizer)
 
 
 def test_fidelity_is_the_cosine_of_matching_rows() -> None:
@@ -74,7 +161,8 @@ def test_fidelity_is_the_cosine_of_matching_rows() -> None:
     assert mean_cos == pytest.approx((1 + 2 ** -0.5) / 2)
 
 
-@pytest.mark.parametrize("path", ["bf16_linear", "bf16", "bf16_autocast", "int8_dynamic"])
+@pytest.mark.parametrize("path", ["int8_smooth", "bf16_linear", "bf16", "bf16_autocast",
+                                  "int8_dynamic"])
 def test_forced_paths_run_and_stay_close_to_fp32(encoder: TextEncoder, reports, path: str) -> None:
     reference = encoder.encode(reports, progress=False)
     choice = choose_path(encoder, reports, path)
@@ -83,7 +171,7 @@ def test_forced_paths_run_and_stay_close_to_fp32(encoder: TextEncoder, reports, 
     vectors = encoder.encode(reports, progress=False)
     assert vectors.dtype == np.float32 and vectors.shape == reference.shape
     # A tiny random model has no activation outliers: every path stays near fp32 on it.
-    assert fidelity(reference, vectors)[1] > (0.95 if path == "int8_dynamic" else 0.99)
+    assert fidelity(reference, vectors)[1] > (0.95 if path.startswith("int8") else 0.99)
     with pytest.raises(ValueError, match="already runs path"):
         choose_path(encoder, reports, "bf16")
 
@@ -119,10 +207,12 @@ def test_auto_probes_on_a_native_bf16_cpu(encoder: TextEncoder, reports, monkeyp
     reference = encoder.encode(texts[:16], progress=False)
     choice = choose_path(encoder, texts, "auto")
     # Candidates are probed best first until one passes.
-    assert list(choice.probe)[:2] == ["fp32", "bf16_linear"]
-    assert set(choice.probe) <= {"fp32", "bf16_linear", "bf16"}
-    if choice.probe["bf16_linear"]["passed"]:
-        assert "bf16" not in choice.probe
+    assert list(choice.probe)[:2] == ["fp32", "int8_smooth"]
+    order = ["fp32", "int8_smooth", "bf16_linear", "bf16"]
+    assert list(choice.probe) == order[:len(choice.probe)]
+    for earlier, later in zip(order[1:], order[2:]):
+        if earlier in choice.probe and choice.probe[earlier]["passed"]:
+            assert later not in choice.probe
     for name in set(choice.probe) - {"fp32"}:
         stats = choice.probe[name]
         expected = (stats["mean_cosine"] >= 0.999 and stats["min_cosine"] >= 0.99
@@ -151,14 +241,15 @@ def test_a_candidate_that_cannot_run_is_skipped(encoder: TextEncoder, reports, m
     monkeypatch.setattr(encode_paths, "PROBE_TEXTS", 16)
     real = encode_paths.convert_model
 
-    def convert(model, name):
-        if name == "bf16_linear":
-            raise RuntimeError("no bf16 kernel for this layer")
-        return real(model, name)
+    def convert(model, name, *args):
+        if name in ("int8_smooth", "bf16_linear"):
+            raise RuntimeError(f"no kernel for {name}")
+        return real(model, name, *args)
 
     monkeypatch.setattr(encode_paths, "convert_model", convert)
     choice = choose_path(encoder, many_reports(reports, 300), "auto")
-    assert choice.probe["bf16_linear"] == {"error": "RuntimeError: no bf16 kernel for this layer",
+    assert choice.probe["int8_smooth"] == {"error": "RuntimeError: no kernel for int8_smooth",
                                            "passed": False}
+    assert choice.probe["bf16_linear"]["passed"] is False
     assert "bf16" in choice.probe  # the next candidate was still probed
     assert encoder.compute.name == choice.path in ("bf16", "fp32")

@@ -1,9 +1,11 @@
 """Report-encoding speed and fidelity: our encode paths vs the official llm2vec 0.2.3.
 
-Our rows run the demo default's released encoder (the bidirectional SmolLM2-135M body, mean |
+Our rows run the demo default's released encoder (the adapted SmolLM2-135M body, mean |
 latent-attention head, post-processing: what report_embeddings runs) through each encode path of
-cxr_assets/text/encode_paths.py: fp32, bf16 Linear layers (fp32 elsewhere), bf16 weights, bf16 compiled (steady state; its compile time
-in the warm-up column), bf16 autocast, int8 dynamic, fp32 with the old fixed-count batches (no token budget: what length bucketing by padded tokens saves), and
+cxr_assets/text/encode_paths.py: fp32, SmoothQuant-style int8 (int8_smooth), bf16 Linear layers
+(fp32 elsewhere), bf16 weights, bf16 compiled (steady state; its compile time in the warm-up
+column), bf16 autocast, int8 dynamic, fp32 with the old fixed-count batches (no token budget:
+what length bucketing by padded tokens saves), and
 `auto`, the stage's own choice (probe included in its own column). llm2vec and the plain padded
 forward run the base body with mean pooling (the same matrix products; the head is ~1% of them).
 Same 256 real IU reports (findings + impression), 2 torch threads, batch 32, max_length 512. Each
@@ -17,8 +19,8 @@ path the stage may pick on its own: mean >= 0.999, min >= 0.99), and for the pat
 the held-out text-tower metrics (300 IU reports, the evaluation of text/heldout.py) beside fp32's.
 
 Compute ceiling: a last subprocess times the model's own Linear shapes (q/k/v/o, gate/up/down
-of every layer, on 2,048 token rows) with the same 2 threads, in fp32 and bf16, and counts the
-real tokens of the reports. tokens x (Linear time per token) is the time the matrix products
+of every layer, on 2,048 token rows) with the same 2 threads, in fp32, bf16 and int8 (the
+int8 x int8 -> int32 product alone), and counts the real tokens of the reports. tokens x (Linear time per token) is the time the matrix products
 alone need on this CPU, whatever the library: its inverse is a ceiling on reports/s.
 
 Results go to results/text_encoder_<isa>.json, one file per instruction-set class (avx512_bf16,
@@ -225,17 +227,28 @@ def linear_ceiling(out: Path) -> None:
     rows = 2048
     per_token: dict[str, float] = {}
     gflops: dict[str, float] = {}
-    for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    # int8: the int8 x int8 -> int32 product alone (no quantization), what int8_smooth builds on.
+    for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("int8", torch.int8)):
         layer_s = 0.0
         for fan_in, fan_out in shapes:
-            x = torch.randn(rows, fan_in, dtype=dtype)
-            w = torch.randn(fan_out, fan_in, dtype=dtype)
+            if dtype == torch.int8:
+                x = torch.randint(-63, 64, (rows, fan_in), dtype=dtype)
+                w = torch.randint(-63, 64, (fan_out, fan_in), dtype=dtype)
+
+                def product(x=x, w=w):
+                    return torch._int_mm(x, w.t())
+            else:
+                x = torch.randn(rows, fan_in, dtype=dtype)
+                w = torch.randn(fan_out, fan_in, dtype=dtype)
+
+                def product(x=x, w=w):
+                    return torch.nn.functional.linear(x, w)
             with torch.inference_mode():
                 for _ in range(3):
-                    torch.nn.functional.linear(x, w)
+                    product()
                 start, reps = time.perf_counter(), 10
                 for _ in range(reps):
-                    torch.nn.functional.linear(x, w)
+                    product()
             layer_s += (time.perf_counter() - start) / reps
         per_token[label] = layer_s * config.num_hidden_layers / rows
         flops_per_token = 2 * sum(a * b for a, b in shapes) * config.num_hidden_layers
@@ -425,10 +438,10 @@ def main() -> None:
     tokens_per_report = ceiling["tokens"] / ceiling["n"]
     print(f"\ncompute ceiling ({tokens_per_report:.0f} real tokens per report; the Linear layers alone, "
           f"timed with {THREADS} threads):")
-    for dtype in ("fp32", "bf16"):
+    for dtype in ("fp32", "bf16", "int8"):
         top = ceiling["ceiling_reports_per_s"][dtype]
         ratio = f", {top / base:.2f}x llm2vec fp32" if base else ""
-        print(f"  {dtype}: {ceiling['linear_gflops'][dtype]:.0f} GFLOP/s in the matrix products -> "
+        print(f"  {dtype}: {ceiling['linear_gflops'][dtype]:.0f} GOP/s in the matrix products -> "
               f"at most {top:.2f} reports/s{ratio}")
     (HERE / "results").mkdir(exist_ok=True)
     command = (f"BENCH_ISA={EMULATED_ISA} " if EMULATED_ISA else "") + \

@@ -19,18 +19,20 @@ The paths, all producing float32 embeddings:
   massive activations (one token's down_proj output reaches ~1e4), so per-tensor scales wreck
   every other token: cosine to fp32 ~0.77 on average, ~0.59 at worst. Kept as a forced choice and a benchmark row, never
   picked on its own.
-- `int8_smooth`: SmoothQuant-style int8, the first choice on native-bf16 CPUs. Per input
-  channel, activation outliers move into the weights (`smooth_activations`: the same function in
-  exact arithmetic), with scales from the activation maxima on a fixed set of calibration reports
-  (the demo generator's, so the converted model depends on nothing but the encoder). Then
-  q/k/gate/up (72% of the matrix-product work) run as int8 x int8 -> int32 products
-  (`torch._int_mm`, oneDNN's VNNI kernels), activations scaled per token (a massive-activation
-  token gets its own scale instead of crushing the others, which is what breaks `int8_dynamic`)
-  and weights per output channel; v/o/down_proj, the most sensitive to rounding, run as in
-  `bf16_linear`. Measured (256 IU reports, avx512_bf16): cosine to fp32 0.9992 mean, 0.998 min;
-  every layer int8 0.9990 / 0.9976. On AVX2 without VNNI the int8 pair sums saturate 16 bits
-  unless weights keep 7 bits (`int8_weight_levels`), and then even gate/up alone miss the bar
-  (0.9988 mean): a forced choice there, never picked.
+- `int8_smooth`: SmoothQuant-style int8, the fastest path within the cosine bar, forced only.
+  Per input channel, activation outliers move into the weights (`smooth_activations`: the same
+  function in exact arithmetic), with scales from the activation maxima on a fixed set of
+  calibration reports (the demo generator's, so the converted model depends on nothing but the
+  encoder). Then q/k/gate/up (72% of the matrix-product work) run as int8 x int8 -> int32
+  products (`torch._int_mm`, oneDNN's VNNI kernels), activations scaled per token (a
+  massive-activation token gets its own scale instead of crushing the others, which is what
+  breaks `int8_dynamic`) and weights per output channel; v/o/down_proj, the most sensitive to
+  rounding, run as in `bf16_linear`. Measured (bench_text_encoder.py, 256 IU reports,
+  avx512_bf16): 1.2x `bf16_linear`, cosine to fp32 0.9992 mean, 0.998 min, but the held-out
+  zero-shot AUC moves by -0.021 (bar: 0.005), so `auto` never picks it; with gate/up alone in
+  int8 every metric but one stays within 0.005 (findings->impression R@10 +0.008) at 1.1x. On
+  AVX2 without VNNI the int8 pair sums saturate 16 bits unless weights keep 7 bits
+  (`int8_weight_levels`), and then even gate/up alone miss the cosine bar (0.9988 mean).
 - `cuda_bf16`: the model on the GPU in bfloat16.
 
 `choose_path` ("auto") takes the candidates this machine supports (by its CPU flags, or a CUDA
@@ -91,11 +93,10 @@ def auto_candidates(flags: frozenset[str], cuda: bool) -> tuple[list[str], str]:
         return ["cuda_bf16"], "a CUDA device is available"
     native = [f for f in NATIVE_BF16_FLAGS if f in flags]
     if native:
-        return (["int8_smooth", "bf16_linear", "bf16"],
-                f"the CPU multiplies int8 and bf16 natively ({', '.join(native)})")
+        return ["bf16_linear", "bf16"], f"the CPU multiplies bf16 natively ({', '.join(native)})"
     return [], ("the CPU has no native bf16 (no avx512_bf16/amx_bf16: bf16 is ~5x slower than "
                 "fp32 there), int8_dynamic fails the fidelity bar on SmolLM2's activation outliers, "
-                "and so does int8_smooth with the 7-bit weights AVX2's int8 products need")
+                "and int8_smooth fails it with the 7-bit weights AVX2's int8 products need")
 
 
 class ComputePath:

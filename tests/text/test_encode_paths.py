@@ -72,9 +72,9 @@ def test_cpu_flags_and_candidates(tmp_path: Path) -> None:
     assert cpu_flags(tmp_path / "missing") == frozenset()
     assert auto_candidates(frozenset({"avx2", "fma"}), cuda=False)[0] == []
     assert "native bf16" in auto_candidates(frozenset({"avx2"}), cuda=False)[1]
-    assert auto_candidates(frozenset({"avx2", "avx512_bf16"}), cuda=False)[0] == [
-        "int8_smooth", "bf16_linear", "bf16"]
-    assert auto_candidates(frozenset({"amx_bf16"}), cuda=False)[0][0] == "int8_smooth"
+    assert auto_candidates(frozenset({"avx2", "avx512_bf16"}), cuda=False)[0] == ["bf16_linear",
+                                                                                   "bf16"]
+    assert auto_candidates(frozenset({"amx_bf16"}), cuda=False)[0][0] == "bf16_linear"
     assert auto_candidates(frozenset(), cuda=True)[0] == ["cuda_bf16"]
 
 
@@ -207,8 +207,8 @@ def test_auto_probes_on_a_native_bf16_cpu(encoder: TextEncoder, reports, monkeyp
     reference = encoder.encode(texts[:16], progress=False)
     choice = choose_path(encoder, texts, "auto")
     # Candidates are probed best first until one passes.
-    assert list(choice.probe)[:2] == ["fp32", "int8_smooth"]
-    order = ["fp32", "int8_smooth", "bf16_linear", "bf16"]
+    assert list(choice.probe)[:2] == ["fp32", "bf16_linear"]
+    order = ["fp32", "bf16_linear", "bf16"]
     assert list(choice.probe) == order[:len(choice.probe)]
     for earlier, later in zip(order[1:], order[2:]):
         if earlier in choice.probe and choice.probe[earlier]["passed"]:
@@ -242,14 +242,13 @@ def test_a_candidate_that_cannot_run_is_skipped(encoder: TextEncoder, reports, m
     real = encode_paths.convert_model
 
     def convert(model, name, *args):
-        if name in ("int8_smooth", "bf16_linear"):
-            raise RuntimeError(f"no kernel for {name}")
+        if name == "bf16_linear":
+            raise RuntimeError("no bf16 kernel for this layer")
         return real(model, name, *args)
 
     monkeypatch.setattr(encode_paths, "convert_model", convert)
     choice = choose_path(encoder, many_reports(reports, 300), "auto")
-    assert choice.probe["int8_smooth"] == {"error": "RuntimeError: no kernel for int8_smooth",
+    assert choice.probe["bf16_linear"] == {"error": "RuntimeError: no bf16 kernel for this layer",
                                            "passed": False}
-    assert choice.probe["bf16_linear"]["passed"] is False
     assert "bf16" in choice.probe  # the next candidate was still probed
     assert encoder.compute.name == choice.path in ("bf16", "fp32")

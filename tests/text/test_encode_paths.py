@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -9,10 +10,10 @@ import pytest
 
 from cxr_assets.text import encode_paths
 from cxr_assets.text.encode_paths import (
+    _int8_linear,
     auto_candidates,
     choose_path,
     convert_model,
-    _int8_linear,
     cpu_flags,
     fidelity,
     int8_weight_levels,
@@ -210,7 +211,7 @@ def test_auto_probes_on_a_native_bf16_cpu(encoder: TextEncoder, reports, monkeyp
     assert list(choice.probe)[:2] == ["fp32", "bf16_linear"]
     order = ["fp32", "bf16_linear", "bf16"]
     assert list(choice.probe) == order[:len(choice.probe)]
-    for earlier, later in zip(order[1:], order[2:]):
+    for earlier, later in itertools.pairwise(order[1:]):
         if earlier in choice.probe and choice.probe[earlier]["passed"]:
             assert later not in choice.probe
     for name in set(choice.probe) - {"fp32"}:

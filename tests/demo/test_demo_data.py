@@ -308,3 +308,15 @@ def test_report_styles_are_heterogeneous(medium):
     assert "___" in joined and "XXXX" in joined  # both de-identification conventions
     assert re.search(r"\b(small|moderate|large|mild|severe)\b", joined, re.IGNORECASE)
     assert len({_report(out, r).split("\n")[0] for r in rows}) > len(rows) // 2
+
+
+def test_sample_reports_are_the_reports_the_demo_writes(small):
+    """`sample_reports` (calibration of encode path int8_smooth, ablation proxies) gives the
+    demo's report texts without writing images, in the demo's study order."""
+    from cxr_assets.demo.generate import sample_reports
+
+    out, _ = small
+    labels = _labels(out)
+    written = [_report(out, labels[str(study.study_id)]) for study in _plan(12, 7, 3, 2)]
+    assert sample_reports(12, 7) == written
+    assert sample_reports(12, 8) != written

@@ -262,7 +262,7 @@ def smooth_activations(model: Any, maxima: dict, alpha: float = SMOOTH_ALPHA) ->
 
 
 def int8_smooth_layers(model: Any, tokenizer: Any, max_length: int = 128,
-                       calibration_texts: list[str] | None = None, keep_bf16: bool = True) -> Any:
+                       keep_bf16: bool = True) -> Any:
     """A copy of `model` converted for path `int8_smooth` (see the module docstring): smoothed on
     the calibration reports, then int8 Linear layers except INT8_KEPT (bf16 with `keep_bf16`,
     else fp32)."""
@@ -272,7 +272,7 @@ def int8_smooth_layers(model: Any, tokenizer: Any, max_length: int = 128,
 
     converted = copy.deepcopy(model).float().eval()
     layers = _decoder_layers(converted)
-    texts = calibration_texts or sample_reports(CALIBRATION_REPORTS, CALIBRATION_SEED)
+    texts = sample_reports(CALIBRATION_REPORTS, CALIBRATION_SEED)
     smooth_activations(converted, _activation_maxima(converted, tokenizer, texts, max_length))
     levels = int8_weight_levels(cpu_flags())
     for layer in layers:

@@ -173,6 +173,11 @@ def test_forced_paths_run_and_stay_close_to_fp32(encoder: TextEncoder, reports, 
     assert vectors.dtype == np.float32 and vectors.shape == reference.shape
     # A tiny random model has no activation outliers: every path stays near fp32 on it.
     assert fidelity(reference, vectors)[1] > (0.95 if path.startswith("int8") else 0.99)
+    if path == "int8_smooth":  # q/k/gate/up became int8 layers; v/o/down did not
+        kinds = {name.rsplit(".", 1)[-1]: type(m).__name__ for name, m in
+                 encoder.model.named_modules() if name.endswith("_proj")}
+        assert {kinds[n] for n in ("q_proj", "k_proj", "gate_proj", "up_proj")} == {"Int8Linear"}
+        assert "Int8Linear" not in {kinds[n] for n in ("v_proj", "o_proj", "down_proj")}
     with pytest.raises(ValueError, match="already runs path"):
         choose_path(encoder, reports, "bf16")
 

@@ -201,6 +201,9 @@ class ContrastiveParams(_Section):
     distill_weight: float = Field(0.0, ge=0, description="weight of the KL divergence between the "
                                   "teacher's and the student's in-batch similarity distributions")
     distill_teacher: Literal["minilm"] = Field("minilm", description="sentence-encoder teacher")
+    tasks: list[str] | None = Field(None, description="pair tasks stage two trains on (e.g. "
+                                    "[finding_statement] for a round on finding queries); "
+                                    "null: every task")
 
 
 class HeadTrainingParams(_Section):

@@ -315,10 +315,15 @@ def adapt_text_encoder(
                            "optimizer": optimizer.state_dict(), "mntp_losses": mntp_losses,
                            "contrastive_losses": contrastive_losses, "mntp_eval": mntp_eval})
 
+        two_pairs, two_negatives, two_tasks = (
+            select_tasks(pairs, hard_negatives, tasks, params.contrastive.tasks,
+                         "contrastive.tasks") if params.contrastive.steps > 0
+            else (pairs, hard_negatives, tasks))
         train_contrastive(
-            peft_model, tokenizer, pairs, params.contrastive, params.instruction, stage_two_pooling,
-            params.max_length, seed, hard_negatives=hard_negatives, progress=progress,
-            log_fn=_collect(stage_log("contrastive"), contrastive_losses), tasks=tasks,
+            peft_model, tokenizer, two_pairs, params.contrastive, params.instruction,
+            stage_two_pooling, params.max_length, seed, hard_negatives=two_negatives,
+            progress=progress, log_fn=_collect(stage_log("contrastive"), contrastive_losses),
+            tasks=two_tasks,
             pooling_head=stage_two_head, teacher=teacher, start_step=start_step,
             optimizer_state=optimizer_state, on_step=contrastive_checkpoint,
         )
@@ -429,12 +434,8 @@ def _train_head(body: Any, tokenizer: Any, head: Any, pairs: list[tuple[str, str
     from cxr_assets.text.head_training import CachedTeacher, TokenStates, train_pooling_head
 
     hp = params.head_training
-    keep = [i for i in range(len(pairs)) if tasks is None or hp.tasks is None or tasks[i] in hp.tasks]
-    if len(keep) < 2:
-        raise ValueError(f"head_training.tasks {hp.tasks} leave {len(keep)} pairs (need >= 2)")
-    pairs = [pairs[i] for i in keep]
-    hard_negatives = None if hard_negatives is None else [hard_negatives[i] for i in keep]
-    tasks = None if tasks is None else [tasks[i] for i in keep]
+    pairs, hard_negatives, tasks = select_tasks(pairs, hard_negatives, tasks, hp.tasks,
+                                                "head_training.tasks")
     texts = [t for pair in pairs for t in pair] + [n for n in hard_negatives or [] if n]
     states_file = None if ckpt.folder is None else ckpt.folder / TOKEN_STATES_FILE
     states = (TokenStates.load(states_file, ckpt.key)
@@ -487,3 +488,19 @@ def _collect(log: Callable[[int, float], None] | None, sink: list[float]) -> Cal
         if log is not None:
             log(step, loss)
     return record
+
+
+def select_tasks(pairs: list[tuple[str, str]], hard_negatives: list[str | None] | None,
+                 tasks: list[str] | None, wanted: list[str] | None, key: str
+                 ) -> tuple[list[tuple[str, str]], list[str | None] | None, list[str] | None]:
+    """The pairs (with their hard negatives and tasks) whose task is in `wanted` (None: all)."""
+    if wanted is None or tasks is None:
+        return pairs, hard_negatives, tasks
+    keep = [i for i in range(len(pairs)) if tasks[i] in wanted]
+    if len(keep) < 2:
+        present = sorted(set(tasks))
+        raise ValueError(f"{key} {wanted} leave {len(keep)} pairs (need >= 2); "
+                         f"the training data's tasks are {present}")
+    return ([pairs[i] for i in keep],
+            None if hard_negatives is None else [hard_negatives[i] for i in keep],
+            [tasks[i] for i in keep])

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from dagster import AssetKey, DagsterInstance, materialize
 
+from cxr_assets.config import load_params
 from tests.helpers import REPO, tiny_params, write_params
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,8 @@ pytestmark = pytest.mark.slow
 UP_TO_EVALUATION = ("demo_data", "raw_studies", "study_images", "report_texts", "report_profile",
                     "study_splits", "report_variants", "text_encoder", "report_embeddings",
                     "clip_model", "study_embeddings", "evaluation_report")
-RELEASE = REPO / "releases" / "text_encoder" / "smollm2-135m-cxr-v2"
+# The demo default's released encoder, loaded as params.yaml loads it.
+DEMO_TEXT = load_params(REPO / "params.yaml").text_encoder
 
 
 def _evaluation_metadata(result) -> dict:
@@ -44,7 +46,10 @@ def test_the_demo_chain_retrieves_well_above_chance(tmp_path, tiny_llm) -> None:
         tmp_path, tiny_llm,
         paths={"cache_dir": str(REPO / ".cache" / "cxr")},  # the dequantized SmolLM2 is reused
         demo_data={"n_studies": 400, "seed": 7, "image_size": 64},
-        text_encoder={"base_model": "smollm2-gguf", "init_from": str(RELEASE), "max_length": 128,
+        text_encoder={"base_model": "smollm2-gguf", "init_from": str(REPO / DEMO_TEXT.init_from),
+                      "pooling": DEMO_TEXT.pooling,
+                      "latent_attention": DEMO_TEXT.latent_attention.model_dump(),
+                      "max_length": 128,
                       "embed_batch_size": 16, "lora": {"top_layers": 10},
                       "postprocess": {"n_fit": 128}, "mntp": {"steps": 0},
                       "contrastive": {"steps": 0}, "evaluation": {"enabled": False},
@@ -72,7 +77,6 @@ def test_the_demo_chain_retrieves_well_above_chance(tmp_path, tiny_llm) -> None:
 
     # The same figure recomputed from the stored embeddings, then with the pairs shuffled.
     from cxr_assets.clip.pairs import test_pool
-    from cxr_assets.config import load_params
     from cxr_assets.paths import ProjectPaths
 
     pool = test_pool(ProjectPaths.from_params(load_params(tmp_path / "params.yaml"), tmp_path))

@@ -38,7 +38,7 @@ def test_release_profile_differs_only_in_paths_and_text_encoder() -> None:
     assert release.paths.artifacts_dir != base.paths.artifacts_dir  # the demo's artifacts stay
     base_raw = yaml.safe_load((REPO / "params.yaml").read_text())
     for profile in ("params.release.yaml", "params.release_v3.yaml", "params.release_v4.yaml",
-                    "params.release_v5.yaml"):
+                    "params.release_v5.yaml", "params.candidate_v6.yaml"):
         raw = yaml.safe_load((REPO / profile).read_text())
         changed = sorted(k for k in base_raw if raw[k] != base_raw[k])
         assert changed == ["paths", "text_encoder"], f"{profile} out of sync: {changed}"
@@ -90,3 +90,18 @@ def test_v5_profile_writes_the_committed_v5_release_from_v4() -> None:
     assert demo.init_from == v5.release_to
     assert demo.pooling == v5.pooling
     assert demo.latent_attention.mean_weight == v5.latent_attention.mean_weight
+
+
+def test_v6_candidate_profile_is_a_statement_only_body_round_from_v5_kept_apart() -> None:
+    """The measured, unreleased v6 candidate: a body LoRA round on finding statements only, then
+    v5's head further; it writes no release and keeps its artifacts apart from the demo's."""
+    v6 = load_params(REPO / "params.candidate_v6.yaml")
+    v5 = load_params(REPO / "params.release_v5.yaml").text_encoder
+    demo = load_params(REPO / "params.yaml")
+    te = v6.text_encoder
+    assert te.init_from == v5.release_to and te.release_to is None
+    assert te.contrastive.steps > 0 and te.contrastive.tasks == ["finding_statement"]
+    assert te.contrastive.statement_scoring == "label_aware" and te.head_training.steps > 0
+    assert te.pooling == v5.pooling and te.corpus.source == "iu_csv"
+    assert v6.paths.artifacts_dir != demo.paths.artifacts_dir
+    assert v6.paths.reports_dir != demo.paths.reports_dir

@@ -475,3 +475,34 @@ def test_head_stage_resumes_after_a_kill_without_recomputing_states(
     assert resumed.head_losses == pytest.approx(whole.head_losses)
     assert resumed.content_hash == whole.content_hash
     assert not ckpt.exists()
+
+
+def test_contrastive_tasks_train_stage_two_on_the_named_tasks_only(
+        tiny_dir: Path, reports, tmp_path: Path, monkeypatch) -> None:
+    """`contrastive.tasks` (a round on finding queries): stage two sees only those pairs, each
+    still with its own hard negative; an unknown task is refused with the tasks that exist."""
+    from cxr_assets.text import contrastive
+
+    seen: list[tuple[list, list, list]] = []
+    real = contrastive.train_contrastive
+
+    def spy(model, tokenizer, pairs, *args, **kwargs):
+        seen.append((pairs, kwargs["hard_negatives"], kwargs["tasks"]))
+        return real(model, tokenizer, pairs, *args, **kwargs)
+
+    monkeypatch.setattr(contrastive, "train_contrastive", spy)
+    pairs = [(r, r.lower()) for r in reports]
+    tasks = ["abbreviated" if i % 2 else "finding_statement" for i in range(len(pairs))]
+    negatives = [f"not {i}" for i in range(len(pairs))]
+    params = _params(tiny_dir, mntp={"steps": 0},
+                     contrastive={"steps": 2, "batch_size": 2, "tasks": ["finding_statement"]})
+    adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "out", seed=3,
+                       progress=False, hard_negatives=negatives, tasks=tasks)
+    kept = [i for i, t in enumerate(tasks) if t == "finding_statement"]
+    assert seen == [([pairs[i] for i in kept], [negatives[i] for i in kept],
+                     ["finding_statement"] * len(kept))]
+
+    wrong = _params(tiny_dir, mntp={"steps": 0}, contrastive={"steps": 2, "tasks": ["typo"]})
+    with pytest.raises(ValueError, match=r"contrastive.tasks \['typo'\].*'abbreviated'"):
+        adapt_text_encoder(reports, pairs, wrong, tmp_path / "cache", tmp_path / "bad", seed=3,
+                           progress=False, hard_negatives=negatives, tasks=tasks)

@@ -494,8 +494,12 @@ def select_tasks(pairs: list[tuple[str, str]], hard_negatives: list[str | None] 
                  tasks: list[str] | None, wanted: list[str] | None, key: str
                  ) -> tuple[list[tuple[str, str]], list[str | None] | None, list[str] | None]:
     """The pairs (with their hard negatives and tasks) whose task is in `wanted` (None: all)."""
-    if wanted is None or tasks is None:
+    if wanted is None:
         return pairs, hard_negatives, tasks
+    if tasks is None:
+        raise ValueError(f"{key} {wanted}: the training pairs carry no task names (they come "
+                         "from report_variants or the IU corpus; the findings/impression fallback "
+                         "has none): set it to null")
     keep = [i for i in range(len(pairs)) if tasks[i] in wanted]
     if len(keep) < 2:
         present = sorted(set(tasks))

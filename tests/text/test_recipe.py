@@ -506,3 +506,6 @@ def test_contrastive_tasks_train_stage_two_on_the_named_tasks_only(
     with pytest.raises(ValueError, match=r"contrastive.tasks \['typo'\].*'abbreviated'"):
         adapt_text_encoder(reports, pairs, wrong, tmp_path / "cache", tmp_path / "bad", seed=3,
                            progress=False, hard_negatives=negatives, tasks=tasks)
+    with pytest.raises(ValueError, match="carry no task names"):
+        adapt_text_encoder(reports, pairs, params, tmp_path / "cache", tmp_path / "bad", seed=3,
+                           progress=False)

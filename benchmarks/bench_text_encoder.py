@@ -2,7 +2,8 @@
 
 Our rows run the demo default's released encoder (the adapted SmolLM2-135M body, mean |
 latent-attention head, post-processing: what report_embeddings runs) through each encode path of
-cxr_assets/text/encode_paths.py: fp32, SmoothQuant-style int8 (int8_smooth), bf16 Linear layers
+cxr_assets/text/encode_paths.py: fp32, the body exported to OpenVINO (fp32, bf16, int8 weights),
+SmoothQuant-style int8 (int8_smooth), bf16 Linear layers
 (fp32 elsewhere), bf16 weights, bf16 compiled (steady state; its compile time in the warm-up
 column), bf16 autocast, int8 dynamic, fp32 with the old fixed-count batches (no token budget:
 what length bucketing by padded tokens saves), and
@@ -81,7 +82,8 @@ def demo_encoder_folder() -> Path:
     return ROOT / init_from
 
 
-OUR_PATHS = ("fp32", "fp32_fixed_batches", "int8_smooth", "bf16_linear", "bf16", "bf16_compiled", "bf16_autocast",
+OUR_PATHS = ("fp32", "fp32_fixed_batches", "openvino_fp32", "openvino_bf16", "openvino_int8",
+             "int8_smooth", "bf16_linear", "bf16", "bf16_compiled", "bf16_autocast",
              "int8_dynamic", "auto")
 
 

@@ -297,8 +297,9 @@ class TextEncoderParams(_Section):
     release_to: str | None = Field(None, description="also write a release folder here (LoRA "
                                    "adapters, pooling head, post-processing: small enough for git)")
     embed_batch_size: int = Field(16, ge=1)
-    encode_path: Literal["auto", "fp32", "int8_smooth", "bf16_linear", "bf16", "bf16_compiled",
-                         "bf16_autocast", "int8_dynamic", "cuda_bf16"] = Field(
+    encode_path: Literal["auto", "fp32", "openvino_fp32", "openvino_bf16", "int8_smooth",
+                         "bf16_linear", "bf16", "bf16_compiled", "bf16_autocast", "int8_dynamic",
+                         "openvino_int8", "cuda_bf16"] = Field(
         "auto", description="how report_embeddings runs the encoder: 'auto' probes the paths this "
         "CPU/GPU supports against fp32 and keeps the fastest within the fidelity bar (see "
         "cxr_assets/text/encode_paths.py); a path name forces it")

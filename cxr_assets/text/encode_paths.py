@@ -19,9 +19,8 @@ The paths, all producing float32 embeddings:
   massive activations (one token's down_proj output reaches ~1e4), so per-tensor scales wreck
   every other token: cosine to fp32 ~0.77 on average, ~0.59 at worst. Kept as a forced choice and a benchmark row, never
   picked on its own.
-- `int8_smooth`: SmoothQuant-style int8, forced only: the fastest path within the cosine bar
-  that needs no compiling. Per input channel, activation outliers move into the weights
-  (`smooth_activations`: the same function in exact arithmetic), with scales from the activation
+- `int8_smooth`: SmoothQuant-style int8, forced only. Per input channel, activation outliers
+  move into the weights (`smooth_activations`: the same function in exact arithmetic), with scales from the activation
   maxima on a fixed set of calibration reports (the demo generator's, so the converted model
   depends on nothing but the encoder). Then q/k/gate/up (72% of the matrix-product work) run as int8 x int8 -> int32
   products (`torch._int_mm`, oneDNN's VNNI kernels), activations scaled per token (a
@@ -33,6 +32,20 @@ The paths, all producing float32 embeddings:
   with gate/up alone in int8 every metric but one stays within 0.005 (findings->impression R@10
   +0.008). On AVX2 without VNNI the int8 pair sums saturate 16 bits unless weights keep 7 bits
   (`int8_weight_levels`), and then even gate/up alone miss the cosine bar (0.9988 mean).
+- `openvino_fp32`, `openvino_bf16`: the LLM body exported to OpenVINO (`openvino.convert_model`
+  from the PyTorch module, no ONNX file) and compiled by its CPU plugin with inference precision
+  f32 or bf16; pooling, head and post-processing stay in PyTorch. OpenVINO fuses the decoder's
+  small operations (norms, rotary embedding, attention) that PyTorch runs one by one. Export and
+  compile take ~15 s. Batches go to OpenVINO right-padded (`openvino_body`): a left-padded row's
+  padding attends to nothing, and OpenVINO's softmax over an empty row is NaN, not zero.
+  `openvino_bf16` is the first choice on native bf16: measured (bench_text_encoder.py, 256 IU
+  reports, avx512_bf16) 21.06 reports/s against fp32's 9.54 and `bf16_linear`'s 14.15 in the
+  same run, cosine to fp32 0.99988 mean, 0.9993 min, every held-out metric within 0.005.
+  `openvino_fp32` (the same arithmetic as fp32, cosine 1.0000; 1.19x fp32 there) is the first
+  choice where bf16 is not native (AVX2).
+- `openvino_int8`: the OpenVINO body with int8 weights (NNCF weight compression, per output
+  channel; the CPU plugin quantizes activations per group on the fly): fast, but below the
+  cosine bar on SmolLM2 (0.998 mean), so forced only.
 - `cuda_bf16`: the model on the GPU in bfloat16.
 
 `choose_path` ("auto") takes the candidates this machine supports (by its CPU flags, or a CUDA
@@ -55,8 +68,9 @@ from typing import Any
 
 import numpy as np
 
-ENCODE_PATHS = ("fp32", "int8_smooth", "bf16_linear", "bf16", "bf16_compiled", "bf16_autocast",
-                "int8_dynamic", "cuda_bf16")
+ENCODE_PATHS = ("fp32", "openvino_fp32", "openvino_bf16", "int8_smooth", "bf16_linear", "bf16",
+                "bf16_compiled", "bf16_autocast", "int8_dynamic", "openvino_int8", "cuda_bf16")
+OPENVINO_PATHS = ("openvino_fp32", "openvino_bf16", "openvino_int8")
 REQUESTS = ("auto", *ENCODE_PATHS)
 FIDELITY_MEAN, FIDELITY_MIN = 0.999, 0.99
 # The probe encodes this many texts per path (plus a short warm-up): ~6 s of a 2-core CPU.
@@ -92,11 +106,23 @@ def auto_candidates(flags: frozenset[str], cuda: bool) -> tuple[list[str], str]:
     if cuda:
         return ["cuda_bf16"], "a CUDA device is available"
     native = [f for f in NATIVE_BF16_FLAGS if f in flags]
+    openvino = openvino_available()
     if native:
-        return ["bf16_linear", "bf16"], f"the CPU multiplies bf16 natively ({', '.join(native)})"
-    return [], ("the CPU has no native bf16 (no avx512_bf16/amx_bf16: bf16 is ~5x slower than "
-                "fp32 there), int8_dynamic fails the fidelity bar on SmolLM2's activation outliers, "
-                "and int8_smooth fails it with the 7-bit weights AVX2's int8 products need")
+        return ([*(["openvino_bf16"] if openvino else []), "bf16_linear", "bf16"],
+                f"the CPU multiplies bf16 natively ({', '.join(native)})")
+    why_not_bf16 = ("the CPU has no native bf16 (no avx512_bf16/amx_bf16: bf16 is ~5x slower than "
+                    "fp32 there), int8_dynamic fails the fidelity bar on SmolLM2's activation "
+                    "outliers, and int8_smooth fails it with the 7-bit weights AVX2's int8 products "
+                    "need")
+    if openvino:
+        return ["openvino_fp32"], f"{why_not_bf16}; OpenVINO's fused fp32 kernels"
+    return [], why_not_bf16
+
+
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 class ComputePath:
@@ -287,6 +313,78 @@ def int8_smooth_layers(model: Any, tokenizer: Any, max_length: int = 128,
     return converted
 
 
+def openvino_body(model: Any, name: str, tokenizer: Any) -> Any:
+    """`model` (a Hugging Face decoder body, fp32) exported to OpenVINO and compiled for this CPU,
+    wrapped as a torch module with the body's call signature (input_ids, attention_mask,
+    position_ids -> .last_hidden_state), so pooling and the head run unchanged."""
+    import types
+    import warnings
+
+    import openvino as ov
+    import torch
+
+    from cxr_assets.text.tokenization import position_ids_from_mask, tokenize_with_instruction
+
+    if name not in OPENVINO_PATHS:
+        raise ValueError(f"not an OpenVINO path: {name!r} (one of {OPENVINO_PATHS})")
+    if tokenizer is None:
+        raise ValueError(f"encode path {name!r} needs the encoder's tokenizer (export example)")
+
+    class LastHidden(torch.nn.Module):  # what is exported: tensors in, a tensor out, no KV cache
+        def __init__(self, body: Any) -> None:
+            super().__init__()
+            self.body = body
+
+        def forward(self, input_ids, attention_mask, position_ids):
+            return self.body(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids, use_cache=False).last_hidden_state
+
+    example = tokenize_with_instruction(
+        tokenizer, ["No pleural effusion.", "Small left pleural effusion with adjacent atelectasis."],
+        None, 64)
+    inputs = (example["input_ids"], example["attention_mask"],
+              position_ids_from_mask(example["attention_mask"]))
+    try:
+        # Tracing warns about the attention code's shape branches (single-token queries, the
+        # causal flag with an explicit mask): an encoder always passes the mask, so they are moot.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            exported = ov.convert_model(LastHidden(model.eval()), example_input=inputs,
+                                        input=[ov.PartialShape([-1, -1])] * 3)
+    except Exception as error:  # OpenVINO's conversion errors are not RuntimeErrors
+        raise RuntimeError(f"OpenVINO could not export the {type(model).__name__} body: "
+                           f"{error}"[:2000]) from error
+    if name == "openvino_int8":
+        try:
+            import nncf
+        except ModuleNotFoundError as error:
+            raise ValueError("encode path 'openvino_int8' needs NNCF (pip install nncf)") from error
+        exported = nncf.compress_weights(exported, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    precision = "bf16" if name == "openvino_bf16" else "f32"
+    compiled = ov.Core().compile_model(exported, "CPU", {
+        "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+
+    class OpenVINOBody(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.request = compiled.create_infer_request()
+            # embed_batch reads the body's device from its parameters: this one says "cpu".
+            self.device_anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+
+        def forward(self, input_ids, attention_mask, position_ids, **_: Any) -> Any:
+            # Real tokens first (right padding), then back to the caller's layout.
+            order = torch.argsort(1 - attention_mask, dim=1, stable=True)
+            result = self.request.infer([t.gather(1, order).numpy() for t in
+                                         (input_ids, attention_mask, position_ids)])
+            hidden = torch.from_numpy(np.array(result[0], dtype=np.float32))
+            restore = torch.argsort(order, dim=1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+            hidden = hidden.gather(1, restore).masked_fill(attention_mask.unsqueeze(-1) == 0, 0.0)
+            return types.SimpleNamespace(last_hidden_state=hidden)
+
+    return OpenVINOBody()
+
+
 def convert_model(model: Any, name: str, tokenizer: Any = None, max_length: int = 128) -> Any:
     """A copy of an fp32 `model` prepared for path `name` (the fp32 model itself for fp32/autocast).
     int8_smooth calibrates on tokenized reports, so it needs the encoder's `tokenizer`."""
@@ -313,6 +411,8 @@ def convert_model(model: Any, name: str, tokenizer: Any = None, max_length: int 
         # freezing: weights become constants, so inductor pre-packs them for oneDNN.
         return torch.compile(convert_model(model, "bf16"), dynamic=True,
                              options={"freezing": True})
+    if name in OPENVINO_PATHS:
+        return openvino_body(model, name, tokenizer)
     if name == "cuda_bf16":
         if not torch.cuda.is_available():
             raise ValueError("encode path 'cuda_bf16' needs a CUDA device; none is visible")

@@ -20,8 +20,8 @@ The paths, all producing float32 embeddings:
   every other token: cosine to fp32 ~0.77 on average, ~0.59 at worst. Kept as a forced choice and a benchmark row, never
   picked on its own.
 - `int8_smooth`: SmoothQuant-style int8, forced only. Per input channel, activation outliers
-  move into the weights (`smooth_activations`: the same function in exact arithmetic), with scales from the activation
-  maxima on a fixed set of calibration reports (the demo generator's, so the converted model
+  move into the weights (`smooth_activations`: the same function in exact arithmetic), with
+  scales from the activation maxima on a fixed set of calibration reports (the demo generator's, so the converted model
   depends on nothing but the encoder). Then q/k/gate/up (72% of the matrix-product work) run as int8 x int8 -> int32
   products (`torch._int_mm`, oneDNN's VNNI kernels), activations scaled per token (a
   massive-activation token gets its own scale instead of crushing the others, which is what

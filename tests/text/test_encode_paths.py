@@ -192,11 +192,21 @@ def test_forced_paths_run_and_stay_close_to_fp32(encoder: TextEncoder, reports, 
 def test_openvino_fp32_equals_fp32_on_left_padded_causal_batches(tiny_dir: Path, reports) -> None:
     """The released encoders are causal: a left-padded row's padding attends to nothing, which
     OpenVINO's softmax turns into NaN that then reaches the real tokens. The OpenVINO body must
-    hand it right-padded rows and still return what PyTorch's fp32 forward does."""
+    hand it right-padded rows and still return what PyTorch's fp32 forward does. With two
+    threads each batch is cut into two parts (one per OpenVINO stream), each trimmed to its own
+    longest row, and put back together in the caller's order."""
+    import torch
+
     encoder = TextEncoder.from_base(tiny_dir, pooling="mean", max_length=64, bidirectional=False)
     texts = [reports[0], "Effusion.", *reports[1:]]  # lengths differ within every batch
     reference = encoder.encode(texts, batch_size=4, progress=False)
-    choose_path(encoder, texts, "openvino_fp32")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        choose_path(encoder, texts, "openvino_fp32")
+    finally:
+        torch.set_num_threads(threads)
+    assert len(encoder.model.requests) == 2
     vectors = encoder.encode(texts, batch_size=4, progress=False)
     assert np.isfinite(vectors).all()
     assert fidelity(reference, vectors)[1] > 0.99999

@@ -26,9 +26,10 @@ alone need on this CPU, whatever the library: its inverse is a ceiling on report
 
 Results go to results/text_encoder_<isa>.json, one file per instruction-set class (avx512_bf16,
 avx2, ...), so each CPU kind keeps its own table. BENCH_ISA=avx2 runs every candidate with
-ATen, oneDNN and MKL limited to AVX2 (ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA,
-MKL_ENABLE_INSTRUCTIONS): an AVX2-only CPU emulated on a bigger one (fbgemm's int8 kernels pick
-their ISA themselves), written to results/text_encoder_avx2-emulated.json.
+ATen, oneDNN, MKL and OpenVINO's own kernels limited to AVX2 (ATEN_CPU_CAPABILITY,
+ONEDNN_MAX_CPU_ISA, MKL_ENABLE_INSTRUCTIONS, OV_CPU_MAX_ISA): an AVX2-only CPU emulated on a
+bigger one, written to results/text_encoder_avx2-emulated.json. Partial: fbgemm's int8 kernels
+and the MLAS matrix products inside OpenVINO pick their ISA from the CPU themselves.
 
     python benchmarks/bench_text_encoder.py            # or: python benchmarks/run.py text_encoder
     BENCH_SKIP_LLM2VEC=1 python benchmarks/bench_text_encoder.py   # without the peer venv
@@ -327,9 +328,11 @@ def ensure_peer_venv() -> Path:
 def isa_env() -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": str(THREADS), "HF_HUB_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
-    if EMULATED_ISA == "avx2":  # ATen's vector kernels, oneDNN's and MKL's matrix products: AVX2
+    if EMULATED_ISA == "avx2":  # ATen's vector kernels, oneDNN, MKL, OpenVINO's JIT kernels: AVX2
+        # OpenVINO needs its own cap beside oneDNN's: with oneDNN's alone its plugin still plans
+        # bf16 (and fails to compile it) and runs its norms with AVX-512.
         env.update({"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
-                    "MKL_ENABLE_INSTRUCTIONS": "AVX2"})
+                    "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OV_CPU_MAX_ISA": "AVX2"})
     elif EMULATED_ISA:
         raise SystemExit(f"BENCH_ISA must be 'avx2' or unset, got {EMULATED_ISA!r}")
     return env

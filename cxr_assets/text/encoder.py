@@ -378,6 +378,14 @@ class TextEncoder:
                 out[chunk] = (
                     embed_batch(self.model, batch, self.pooling, self.pooling_head).float().cpu().numpy()
                 )
+        # A NaN written to the embeddings table would poison every search and CLIP step after it
+        # (a kernel that misbehaves on this CPU, e.g. inductor's bf16 code under an ISA cap).
+        broken = np.flatnonzero(~np.isfinite(out).all(axis=1))
+        if broken.size:
+            raise RuntimeError(
+                f"encode path {self.compute.name!r} produced non-finite embeddings for "
+                f"{broken.size} of {len(texts)} texts (first: texts[{broken[0]}] = "
+                f"{texts[broken[0]][:80]!r}); force text_encoder.encode_path: fp32")
         return self.finish(out) if postprocess else out
 
     def finish(self, raw: np.ndarray, postprocess: bool = True) -> np.ndarray:

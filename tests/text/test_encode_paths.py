@@ -212,6 +212,18 @@ def test_openvino_fp32_equals_fp32_on_left_padded_causal_batches(tiny_dir: Path,
     assert fidelity(reference, vectors)[1] > 0.99999
 
 
+def test_non_finite_embeddings_are_refused_with_the_path_and_text(encoder: TextEncoder,
+                                                                  reports) -> None:
+    """A path whose kernels produce NaN on this CPU must stop the stage, not fill the table."""
+    import torch
+
+    with torch.no_grad():
+        encoder.model.norm.weight[0] = float("nan")
+    with pytest.raises(RuntimeError, match=r"encode path 'fp32' produced non-finite embeddings "
+                                           r"for 3 of 3 texts \(first: texts\[0\]"):
+        encoder.encode(reports[:3], progress=False)
+
+
 def test_unknown_or_unavailable_paths_are_refused(encoder: TextEncoder, reports) -> None:
     with pytest.raises(ValueError, match="encode_path must be one of"):
         choose_path(encoder, reports, "fp8")

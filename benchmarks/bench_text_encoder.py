@@ -125,7 +125,7 @@ def worker(name: str, out: Path) -> None:
             extra = {"chosen": choice.as_metadata(), "probe_s": time.perf_counter() - start}
         elif path not in ("fp32", "fp32_fixed_batches"):
             encoder.use_path(path, convert_model(encoder.model, path, encoder.tokenizer,
-                                                    encoder.max_length))
+                                                    encoder.max_length, encoder.tapped_layers))
         # fp32_fixed_batches: batches of BATCH texts whatever their padded size (the old way).
         budget = {"max_batch_tokens": None} if path == "fp32_fixed_batches" else {}
         start = time.perf_counter()  # warm-up (allocator, kernels; bf16_compiled: compiling)
@@ -185,7 +185,7 @@ def heldout_metrics(path: str, out: Path) -> None:
     encoder = TextEncoder.from_pretrained(demo_encoder_folder())
     if path != "fp32":
         encoder.use_path(path, convert_model(encoder.model, path, encoder.tokenizer,
-                                                    encoder.max_length))
+                                                    encoder.max_length, encoder.tapped_layers))
     rows = evaluate_encoder(encoder, data, path, batch_size=BATCH)
     out.write_text(json.dumps({f"{r['task']}/{r['metric']}": {"value": r["value"], "n": r["n"]}
                               for r in rows if HEADLINE.get(r["task"]) == r["metric"]}))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -248,6 +248,25 @@ class LatentAttentionParams(_Section):
                                "output has the rest")
 
 
+class MeanPoolingParams(_Section):
+    layers: list[int] = Field([-1], min_length=1, description="hidden-state indices the mean part "
+                              "reads, side by side (0: token embeddings, -1: the final output)")
+    skip_first_token: bool = Field(False, description="leave each text's first token (a causal "
+                                   "LLM's attention sink) out of the mean")
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct(cls, layers: list[int]) -> list[int]:
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"layers repeat: {layers}")
+        return layers
+
+    def taps(self) -> Any:
+        from cxr_assets.text.pooling import MeanTaps
+
+        return MeanTaps(tuple(self.layers), self.skip_first_token)
+
+
 class TextCorpusParams(_Section):
     source: Literal["catalog", "iu_csv"] = Field(
         "catalog",
@@ -268,8 +287,9 @@ class TextEvalParams(_Section):
     enabled: bool = True
     iu_csv: str = "../shared/data/iu_xray/indiana_reports.csv"
     max_reports: int = Field(300, ge=10, description="held-out IU reports evaluated (cap)")
-    baselines: list[Literal["raw_llm", "raw_llm_bidirectional", "minilm", "minilm_finetuned",
-                            "tfidf"]] = ["raw_llm", "raw_llm_bidirectional", "minilm", "tfidf"]
+    baselines: list[Literal["raw_llm", "raw_llm_bidirectional", "raw_llm_tapped", "minilm",
+                            "minilm_finetuned", "tfidf"]] = ["raw_llm", "raw_llm_bidirectional",
+                                                             "minilm", "tfidf"]
     postprocess_baselines: bool = Field(True, description="also score each baseline with the "
                                         "same post-processing, fitted on training reports")
     bootstrap_samples: int = Field(1000, ge=0, description="paired bootstrap of adapted - baseline")
@@ -289,6 +309,8 @@ class TextEncoderParams(_Section):
         "mean", description="mean_and_latent_attention: the body trained mean-pooled, then a head "
         "trained on top of it (head_training); both parts side by side")
     latent_attention: LatentAttentionParams = LatentAttentionParams()
+    mean_pooling: MeanPoolingParams = Field(MeanPoolingParams(), description="where the mean part "
+                                            "of pooling mean / mean_and_latent_attention is read")
     instruction: str = Field("", description="stored default instruction; training and the "
                              "evaluation use plain text on both sides of every pair")
     bidirectional: bool = Field(True, description="LLM2Vec step 1; false keeps causal attention")
@@ -328,6 +350,14 @@ class TextEncoderParams(_Section):
                 and not self.init_from:
             raise ValueError("pooling 'mean_and_latent_attention' trains its head in stage three: "
                              "set head_training.steps > 0 (or init_from a release that has one)")
+        if self.mean_pooling != MeanPoolingParams() and self.pooling not in (
+                "mean", "mean_and_latent_attention"):
+            raise ValueError(f"mean_pooling is set but pooling {self.pooling!r} has no mean part")
+        if self.mean_pooling.layers != [-1] and self.head_training.steps > 0:
+            # Stage three caches the last layer's token states only.
+            raise ValueError(f"head_training.steps > 0 needs mean_pooling.layers [-1], got "
+                             f"{self.mean_pooling.layers}: train the head first, then choose "
+                             "the layers")
         return self
 
 

@@ -35,6 +35,7 @@ def tiny_params(root: Path, tiny_llm: Path, **sections) -> dict:
             "base_model": str(tiny_llm), "max_length": 48, "embed_batch_size": 8,
             "init_from": None,  # the shipped release is for SmolLM2, not the tiny model
             "pooling": "mean",  # the demo's pooling needs the release's head
+            "mean_pooling": {"layers": [-1], "skip_first_token": False},  # SmolLM2's layers
             "postprocess": {"n_fit": 16}, "lora": {"top_layers": None},
             "mntp": {"steps": 2, "batch_size": 4},
             "contrastive": {"steps": 2, "batch_size": 4},

@@ -90,7 +90,13 @@ class OnlineTextTower(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         from cxr_assets.text.pooling import embed_batch
 
-        pooled = embed_batch(self.body, batch, self.encoder.pooling, self.head)
+        pooled = embed_batch(self.body, batch, self.encoder.pooling, self.head,
+                             self.encoder.mean_taps)
+        if self.encoder.pooling == "mean_and_latent_attention":  # as TextEncoder.finish does
+            from cxr_assets.text.pooling import mean_and_head
+
+            return mean_and_head(pooled, self.encoder.mean_weight, self.pp_mean, self.pp_scale,
+                                 head_width=self.encoder.hidden_size)
         if self.pp_mean is not None:
             pooled = (pooled - self.pp_mean) / self.pp_scale
         return pooled

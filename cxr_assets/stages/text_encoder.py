@@ -98,6 +98,8 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         "postprocess": te.postprocess.method,
         "lora_r": te.lora.r,
         "pooling": te.pooling,
+        "mean_layers": (f"{te.mean_pooling.layers}"
+                        + (", first token left out" if te.mean_pooling.skip_first_token else "")),
         "seconds": round(result.seconds, 1),
         "mlflow_run_id": run_id or "disabled",
     }

@@ -186,6 +186,7 @@ def adapt_text_encoder(
     if params.init_from:
         model = apply_adapters(model, _check_release(Path(params.init_from), params))
         notes.append(f"started from release {Path(params.init_from).name}")
+        notes += _mean_taps_note(Path(params.init_from), params)
     n_layers = int(model.config.num_hidden_layers)
 
     key = run_key(params, seed, reports, pairs, hard_negatives, tasks)
@@ -288,7 +289,7 @@ def adapt_text_encoder(
                 peft_model, tokenizer, [(r, r) for r in reports], params.contrastive,
                 params.instruction, stage_two_pooling, params.max_length, seed + 1,
                 progress=progress, log_fn=stage_log("simcse"), pooling_head=stage_two_head,
-                steps=params.contrastive.simcse_steps,
+                steps=params.contrastive.simcse_steps, mean_taps=params.mean_pooling.taps(),
             )
         start_step, optimizer_state = 0, None
         if in_contrastive:
@@ -326,6 +327,7 @@ def adapt_text_encoder(
             tasks=two_tasks,
             pooling_head=stage_two_head, teacher=teacher, start_step=start_step,
             optimizer_state=optimizer_state, on_step=contrastive_checkpoint,
+            mean_taps=params.mean_pooling.taps(),
         )
         _gradient_checkpointing(peft_model, False)
         if params.contrastive.steps > 0 or not params.mntp.merge:
@@ -341,7 +343,8 @@ def adapt_text_encoder(
         encoder = TextEncoder(merged, tokenizer, params.pooling, params.instruction,
                               params.max_length, base_model=params.base_model,
                               pooling_head=head, bidirectional=params.bidirectional,
-                              mean_weight=params.latent_attention.mean_weight)
+                              mean_weight=params.latent_attention.mean_weight,
+                              mean_taps=params.mean_pooling.taps())
 
         def fit_postprocess() -> None:
             if params.postprocess.method == "none":
@@ -350,7 +353,7 @@ def adapt_text_encoder(
             raw = encoder.encode(fit_texts, batch_size=params.embed_batch_size,
                                  progress=progress, postprocess=False)
             # Fitted on the mean-pooled part (all of it, unless a head's output is beside it).
-            encoder.postprocess = EmbeddingPostprocess.fit(raw[:, :encoder.hidden_size],
+            encoder.postprocess = EmbeddingPostprocess.fit(raw[:, :encoder.mean_width],
                                                            params.postprocess.method)
 
         beside_mean = params.pooling == "mean_and_latent_attention"
@@ -413,12 +416,27 @@ def _check_release(folder: Path, params: TextEncoderParams) -> Path:
         # The release's head was trained against this share of the mean: keep it.
         checks.append(("mean_weight", "latent_attention.mean_weight",
                        params.latent_attention.mean_weight))
+
     for key, name, want in checks:
         if stored.get(key, True if key == "bidirectional" else None) != want:
             raise ValueError(
                 f"text_encoder.init_from {str(folder)!r} was trained with {key}="
                 f"{stored.get(key)!r}, but text_encoder.{name} is {want!r}")
     return folder
+
+
+def _mean_taps_note(folder: Path, params: TextEncoderParams) -> list[str]:
+    """A note when the mean is read from other layers than the release's (allowed: the weights do
+    not depend on it, but the release's evaluation then no longer describes this encoder)."""
+    from cxr_assets.text.encoder import ENCODER_CONFIG, stored_mean_taps
+
+    released = stored_mean_taps(json.loads((folder / ENCODER_CONFIG).read_text()))
+    ours = params.mean_pooling.taps()
+    if released == ours:
+        return []
+    return [(f"mean pooled at layers {list(ours.layers)} (skip first token: "
+             f"{ours.skip_first_token}); release {folder.name} was evaluated with "
+             f"{list(released.layers)} ({released.skip_first_token})")]
 
 
 def _train_head(body: Any, tokenizer: Any, head: Any, pairs: list[tuple[str, str]],

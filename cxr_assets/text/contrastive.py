@@ -223,6 +223,7 @@ def train_contrastive(
     start_step: int = 0,
     optimizer_state: dict | None = None,
     on_step: Callable[[int, Any], None] | None = None,
+    mean_taps: Any = None,
 ) -> list[float]:
     """Run `params.steps` (or `steps`) InfoNCE steps on `pairs` with a LoRA LLM; returns the losses.
 
@@ -231,10 +232,12 @@ def train_contrastive(
     Queries carry `instruction` when it is not empty, candidates never do.
     tasks: one task name per pair (e.g. the variant kind); every batch then holds one task only
     (LLM2Vec's single-task batches: in-batch negatives of another task are too easy).
+    mean_taps: the layers the mean is read from (pooling.MeanTaps; default the last), as the
+    encoder will embed.
     """
     from cxr_assets.text.base_model import backbone
     from cxr_assets.text.mntp import lora_parameters
-    from cxr_assets.text.pooling import POOLING_MODES, embed_batch
+    from cxr_assets.text.pooling import LAST_LAYER, POOLING_MODES, embed_batch
     from cxr_assets.text.tokenization import tokenize_with_instruction
 
     if pooling not in POOLING_MODES:
@@ -256,7 +259,7 @@ def train_contrastive(
     def embed(texts: list[str], is_query: bool) -> Any:
         batch = tokenize_with_instruction(tokenizer, texts, (instruction or None) if is_query
                                           else None, max_length)
-        return embed_batch(body, batch, pooling, pooling_head)
+        return embed_batch(body, batch, pooling, pooling_head, mean_taps or LAST_LAYER)
 
     was_training = model.training
     model.train()

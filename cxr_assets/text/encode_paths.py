@@ -316,10 +316,13 @@ def int8_smooth_layers(model: Any, tokenizer: Any, max_length: int = 128,
     return converted
 
 
-def openvino_body(model: Any, name: str, tokenizer: Any) -> Any:
+def openvino_body(model: Any, name: str, tokenizer: Any, hidden_layers: tuple[int, ...] = ()
+                  ) -> Any:
     """`model` (a Hugging Face decoder body, fp32) exported to OpenVINO and compiled for this CPU,
     wrapped as a torch module with the body's call signature (input_ids, attention_mask,
-    position_ids -> .last_hidden_state), so pooling and the head run unchanged."""
+    position_ids -> .last_hidden_state), so pooling and the head run unchanged. hidden_layers:
+    the hidden states a mean tap reads (pooling.MeanTaps) are exported too, as
+    `.hidden_states[layer]`."""
     import types
     import warnings
 
@@ -333,14 +336,20 @@ def openvino_body(model: Any, name: str, tokenizer: Any) -> Any:
     if tokenizer is None:
         raise ValueError(f"encode path {name!r} needs the encoder's tokenizer (export example)")
 
-    class LastHidden(torch.nn.Module):  # what is exported: tensors in, a tensor out, no KV cache
+    hidden_layers = tuple(hidden_layers)
+
+    class LastHidden(torch.nn.Module):  # what is exported: tensors in, tensors out, no KV cache
         def __init__(self, body: Any) -> None:
             super().__init__()
             self.body = body
 
         def forward(self, input_ids, attention_mask, position_ids):
-            return self.body(input_ids=input_ids, attention_mask=attention_mask,
-                             position_ids=position_ids, use_cache=False).last_hidden_state
+            out = self.body(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids, use_cache=False,
+                            output_hidden_states=bool(hidden_layers))
+            if not hidden_layers:
+                return out.last_hidden_state
+            return (out.last_hidden_state, *(out.hidden_states[i] for i in hidden_layers))
 
     example = tokenize_with_instruction(
         tokenizer, ["No pleural effusion.", "Small left pleural effusion with adjacent atelectasis."],
@@ -393,24 +402,30 @@ def openvino_body(model: Any, name: str, tokenizer: Any) -> Any:
                 width = max(1, int(lengths[rows].max()))
                 request.start_async([t[rows, :width].numpy() for t in inputs])
                 running.append((request, rows))
-            hidden = None
+            outputs: list[Any] = [None] * (1 + len(hidden_layers))  # last, then each tap
             for request, rows in running:
                 request.wait()
-                part = torch.from_numpy(np.array(request.get_output_tensor(0).data,
-                                                 dtype=np.float32))
-                if hidden is None:
-                    hidden = part.new_zeros(*attention_mask.shape, part.shape[-1])
-                hidden[rows, :part.shape[1]] = part
-            restore = torch.argsort(order, dim=1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-            hidden = hidden.gather(1, restore).masked_fill(attention_mask.unsqueeze(-1) == 0, 0.0)
-            return types.SimpleNamespace(last_hidden_state=hidden)
+                for i in range(len(outputs)):
+                    part = torch.from_numpy(np.array(request.get_output_tensor(i).data,
+                                                     dtype=np.float32))
+                    if outputs[i] is None:
+                        outputs[i] = part.new_zeros(*attention_mask.shape, part.shape[-1])
+                    outputs[i][rows, :part.shape[1]] = part
+            restore = torch.argsort(order, dim=1).unsqueeze(-1).expand(-1, -1,
+                                                                       outputs[0].shape[-1])
+            padding = attention_mask.unsqueeze(-1) == 0
+            outputs = [o.gather(1, restore).masked_fill(padding, 0.0) for o in outputs]
+            return types.SimpleNamespace(last_hidden_state=outputs[0],
+                                         hidden_states=dict(zip(hidden_layers, outputs[1:])))
 
     return OpenVINOBody()
 
 
-def convert_model(model: Any, name: str, tokenizer: Any = None, max_length: int = 128) -> Any:
+def convert_model(model: Any, name: str, tokenizer: Any = None, max_length: int = 128,
+                  hidden_layers: tuple[int, ...] = ()) -> Any:
     """A copy of an fp32 `model` prepared for path `name` (the fp32 model itself for fp32/autocast).
-    int8_smooth calibrates on tokenized reports, so it needs the encoder's `tokenizer`."""
+    int8_smooth calibrates on tokenized reports, so it needs the encoder's `tokenizer`. An
+    exported body (OpenVINO) outputs the `hidden_layers` a mean tap reads besides its last one."""
     import torch
 
     if name in ("fp32", "bf16_autocast"):
@@ -435,7 +450,7 @@ def convert_model(model: Any, name: str, tokenizer: Any = None, max_length: int 
         return torch.compile(convert_model(model, "bf16"), dynamic=True,
                              options={"freezing": True})
     if name in OPENVINO_PATHS:
-        return openvino_body(model, name, tokenizer)
+        return openvino_body(model, name, tokenizer, hidden_layers)
     if name == "cuda_bf16":
         if not torch.cuda.is_available():
             raise ValueError("encode path 'cuda_bf16' needs a CUDA device; none is visible")
@@ -497,7 +512,7 @@ def choose_path(encoder: Any, texts: list[str], requested: str = "auto",
         raise ValueError(f"the encoder already runs path {encoder.compute.name!r}; choose from fp32")
     if requested != "auto":
         encoder.use_path(requested, convert_model(encoder.model, requested, encoder.tokenizer,
-                                                  encoder.max_length))
+                                                  encoder.max_length, encoder.tapped_layers))
         return PathChoice(requested, requested, "forced by text_encoder.encode_path", shown_flags)
     candidates, why = auto_candidates(flags, torch.cuda.is_available())
     distinct = list(dict.fromkeys(t for t in texts if isinstance(t, str) and t.strip()))
@@ -515,7 +530,7 @@ def choose_path(encoder: Any, texts: list[str], requested: str = "auto",
             break
         try:
             encoder.use_path(name, convert_model(fp32_model, name, encoder.tokenizer,
-                                                 encoder.max_length))
+                                                 encoder.max_length, encoder.tapped_layers))
             vectors, seconds = _timed_encode(encoder, sample, batch_size)
         except (RuntimeError, ValueError, NotImplementedError) as error:
             # A candidate this machine cannot run (a missing kernel, out of memory) is skipped.

@@ -31,7 +31,7 @@ from cxr_assets.text.encoder_files import (
     load_postprocess,
     save_pooling_head,
 )
-from cxr_assets.text.pooling import HEAD_MODES
+from cxr_assets.text.pooling import HEAD_MODES, LAST_LAYER
 from cxr_assets.text.postprocess import POSTPROCESS_FILE
 
 # Padded tokens per encode batch: a few long reports no longer pad a whole batch of short ones,
@@ -82,10 +82,11 @@ class TextEncoder:
         bidirectional: bool = True,
         postprocess: Any = None,
         mean_weight: float = 0.5,
+        mean_taps: Any = None,
     ) -> None:
         from cxr_assets.text.base_model import backbone, prepare_tokenizer
         from cxr_assets.text.bidirectional import enable_bidirectional
-        from cxr_assets.text.pooling import POOLING_MODES
+        from cxr_assets.text.pooling import MEAN_MODES, POOLING_MODES
         from cxr_assets.text.tokenization import SEPARATOR
 
         if pooling not in POOLING_MODES:
@@ -104,8 +105,17 @@ class TextEncoder:
         self.base_model = str(base_model)
         self.separator = SEPARATOR
         self.hidden_size = int(self.model.config.hidden_size)
+        # The mean part reads one layer (the last, by default) or several side by side.
+        self.mean_taps = mean_taps if mean_taps is not None else LAST_LAYER
+        if self.mean_taps != LAST_LAYER:
+            if pooling not in MEAN_MODES:
+                raise ValueError(f"mean taps {self.mean_taps} need a pooling with a mean part "
+                                 f"{MEAN_MODES}, not {pooling!r}")
+            self.mean_taps.check_layers(int(self.model.config.num_hidden_layers))
+        self.mean_width = self.hidden_size * len(self.mean_taps.layers)
         # 'mean_and_latent_attention' embeds the mean and the head's output side by side.
-        self.dim = self.hidden_size * (2 if pooling == "mean_and_latent_attention" else 1)
+        self.dim = (self.mean_width + (self.hidden_size if pooling == "mean_and_latent_attention"
+                                       else 0)) if pooling in MEAN_MODES else self.hidden_size
         if not 0.0 < float(mean_weight) < 1.0:
             raise ValueError(f"mean_weight must be in (0, 1), got {mean_weight}")
         self.mean_weight = float(mean_weight)
@@ -119,9 +129,10 @@ class TextEncoder:
             )
         self.pooling_head = pooling_head.eval() if pooling_head is not None else None
         # Post-processing applies to the mean-pooled part (all of it unless a head is beside it).
-        if postprocess is not None and postprocess.dim != self.hidden_size:
-            raise ValueError(f"post-processing dim {postprocess.dim} != model hidden size "
-                             f"{self.hidden_size}")
+        expected = self.mean_width if pooling in MEAN_MODES else self.hidden_size
+        if postprocess is not None and postprocess.dim != expected:
+            raise ValueError(f"post-processing dim {postprocess.dim} != the pooled part's "
+                             f"{expected}")
         self.postprocess = postprocess
         from cxr_assets.text.encode_paths import FP32
 
@@ -168,7 +179,15 @@ class TextEncoder:
         }
         if self.pooling == "mean_and_latent_attention":  # other modes keep their stored hashes
             settings["mean_weight"] = self.mean_weight
+        if self.mean_taps != LAST_LAYER:  # so do encoders that pool the last layer's mean
+            settings["mean_layers"] = list(self.mean_taps.layers)
+            settings["mean_skip_first_token"] = self.mean_taps.skip_first_token
         return settings
+
+    @property
+    def tapped_layers(self) -> tuple[int, ...]:
+        """The hidden states the mean part reads besides the last (an exported body's outputs)."""
+        return self.mean_taps.layers if self.mean_taps.needs_hidden_states else ()
 
     @property
     def content_hash(self) -> str:
@@ -192,8 +211,10 @@ class TextEncoder:
         dtype: str = "float32",
         pooling_head: Any = None,
         bidirectional: bool = True,
+        mean_taps: Any = None,
     ) -> TextEncoder:
-        """An un-adapted baseline: the base LLM (made bidirectional unless told), nothing trained."""
+        """An un-adapted baseline: the base LLM (made bidirectional unless told), nothing trained.
+        mean_taps: the layers its mean reads (pooling.MeanTaps; default the last)."""
         from transformers import AutoModel, AutoTokenizer
 
         from cxr_assets.text.base_model import torch_dtype
@@ -218,6 +239,7 @@ class TextEncoder:
             source_dir=model_path,
             pooling_head=pooling_head,
             bidirectional=bidirectional,
+            mean_taps=mean_taps,
         )
 
     @classmethod
@@ -279,6 +301,7 @@ class TextEncoder:
             bidirectional=bool(stored.get("bidirectional", True)),
             postprocess=load_postprocess(path),
             mean_weight=float(stored.get("mean_weight", 0.5)),
+            mean_taps=stored_mean_taps(stored),
         )
         if encoder.dim != stored["dim"]:
             raise ValueError(
@@ -375,9 +398,8 @@ class TextEncoder:
                 batch = tokenize_with_instruction(
                     self.tokenizer, [texts[i] for i in chunk], instruction, self.max_length
                 )
-                out[chunk] = (
-                    embed_batch(self.model, batch, self.pooling, self.pooling_head).float().cpu().numpy()
-                )
+                out[chunk] = embed_batch(self.model, batch, self.pooling, self.pooling_head,
+                                         self.mean_taps).float().cpu().numpy()
         # A NaN written to the embeddings table would poison every search and CLIP step after it
         # (a kernel that misbehaves on this CPU, e.g. inductor's bf16 code under an ISA cap).
         broken = np.flatnonzero(~np.isfinite(out).all(axis=1))
@@ -402,7 +424,16 @@ class TextEncoder:
         center, scale = (None, None) if pp is None else (torch.from_numpy(pp.mean),
                                                           torch.from_numpy(pp.scale))
         raw_t = torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32))
-        return mean_and_head(raw_t, self.mean_weight, center, scale).numpy()
+        return mean_and_head(raw_t, self.mean_weight, center, scale,
+                             head_width=self.hidden_size).numpy()
+
+
+def stored_mean_taps(stored: dict[str, Any]) -> Any:
+    """The MeanTaps of an encoder_config.json (encoders without the keys pool the last layer)."""
+    from cxr_assets.text.pooling import MeanTaps
+
+    return MeanTaps(tuple(int(layer) for layer in stored.get("mean_layers", [-1])),
+                    bool(stored.get("mean_skip_first_token", False)))
 
 
 def load_llm2vec4cxr(

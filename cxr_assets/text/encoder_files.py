@@ -14,7 +14,8 @@ ENCODER_CONFIG = "encoder_config.json"
 POOLING_HEAD = "pooling_head.safetensors"
 _HASH_FIELDS = ("pooling", "instruction", "separator", "max_length", "base_model", "dim")
 # Settings added later default to their old behaviour when an older folder lacks them.
-_OPTIONAL_FIELDS = {"bidirectional": True}
+_OPTIONAL_FIELDS = {"bidirectional": True, "mean_weight": 0.5, "mean_layers": [-1],
+                    "mean_skip_first_token": False}
 
 
 def folder_hash(folder: Path, settings: dict[str, Any]) -> str:

@@ -89,7 +89,8 @@ def baseline_encoder(name: str, params: Params, paths: ProjectPaths, iu_train: l
         # tfidf is fitted on the IU training part (in-domain vocabulary, never the held-out
         # part), whatever the encoder itself was adapted on.
         fit_corpus=iu_train,
-        training=data, contrastive=te.contrastive, seed=params.project.seed, progress=progress))
+        training=data, contrastive=te.contrastive, seed=params.project.seed, progress=progress,
+        mean_taps=te.mean_pooling.taps()))
 
 
 def write_evaluation(table: pl.DataFrame | None, notes: list[str], out_dir: Path,

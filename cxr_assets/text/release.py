@@ -149,6 +149,7 @@ def read_release(folder: Path, dtype: str | None = None, threads: int | None = N
 
     from cxr_assets.text.base_model import load_causal_lm, resolve_base_model
     from cxr_assets.text.bidirectional import enable_bidirectional
+    from cxr_assets.text.encoder import stored_mean_taps
 
     folder = Path(folder)
     stored = json.loads((folder / ENCODER_CONFIG).read_text())
@@ -175,7 +176,8 @@ def read_release(folder: Path, dtype: str | None = None, threads: int | None = N
             "base_model": stored["base_model"], "content_hash": stored["content_hash"],
             "source_dir": folder, "pooling_head": head, "bidirectional": bidirectional,
             "postprocess": load_postprocess(folder),
-            "mean_weight": float(stored.get("mean_weight", 0.5))}
+            "mean_weight": float(stored.get("mean_weight", 0.5)),
+            "mean_taps": stored_mean_taps(stored)}
 
 
 def is_release(folder: Path) -> bool:
@@ -237,6 +239,11 @@ def write_model_card(folder: Path, params: Any, result: Any, data_source: str,
          + (f" (mean weight {te.latent_attention.mean_weight}: cosine = w * cos(means) + (1 - w) "
             "* cos(heads))" if te.pooling == "mean_and_latent_attention" else "")
          + f"; max_length {te.max_length}"),
+        (f"- mean part read from hidden-state layers {te.mean_pooling.layers} (side by side)"
+         + (", each text's first token (the attention sink) left out"
+            if te.mean_pooling.skip_first_token else "")
+         if te.mean_pooling.layers != [-1] or te.mean_pooling.skip_first_token
+         else "- mean part: the last layer's mean over every token"),
         f"- LoRA r{te.lora.r} alpha {te.lora.alpha} on {', '.join(te.lora.target_modules)}"
         + (f" of the last {te.lora.top_layers} layers" if te.lora.top_layers else ""),
         f"- MNTP: {curve(result.mntp_losses)}; fixed-batch loss "

@@ -50,6 +50,7 @@ def test_the_demo_chain_retrieves_well_above_chance(tmp_path, tiny_llm) -> None:
         text_encoder={"base_model": "smollm2-gguf", "init_from": str(REPO / DEMO_TEXT.init_from),
                       "pooling": DEMO_TEXT.pooling,
                       "latent_attention": DEMO_TEXT.latent_attention.model_dump(),
+                      "mean_pooling": DEMO_TEXT.mean_pooling.model_dump(),
                       "max_length": 128,
                       "embed_batch_size": 16, "lora": {"top_layers": 10},
                       "postprocess": {"n_fit": 128}, "mntp": {"steps": 0},

@@ -4,6 +4,7 @@ text_encoder evaluation and the model_comparison towers both build through it)."
 from __future__ import annotations
 
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,18 @@ def test_unknown_name_and_missing_inputs_are_clear_value_errors():
         build_baseline("minilm_finetuned", BaselineSetup())
     with pytest.raises(ValueError, match="base model"):
         build_baseline("raw_llm", BaselineSetup())
+    with pytest.raises(ValueError, match="raw_llm_tapped needs the adapted encoder's mean taps"):
+        build_baseline("raw_llm_tapped", BaselineSetup(base_model=lambda: Path(".")))
+
+
+def test_raw_llm_tapped_reads_the_adapted_encoders_layers(tiny_dir: Path) -> None:
+    from cxr_assets.text.pooling import MeanTaps
+
+    taps = MeanTaps((1, -1), skip_first_token=True)
+    encoder = build_baseline("raw_llm_tapped", BaselineSetup(base_model=lambda: tiny_dir,
+                                                             mean_taps=taps, max_length=32))
+    assert encoder.name == "raw_llm_tapped" and encoder.mean_taps == taps
+    assert not encoder.bidirectional and encoder.dim == 2 * encoder.hidden_size
 
 
 def test_tfidf_is_fitted_on_the_given_corpus_and_the_base_model_is_not_resolved():

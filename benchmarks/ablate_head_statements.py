@@ -85,8 +85,27 @@ def search_precision(encoder, reports: list[str]) -> float:
     return float(precision_at_k(queries, encoder.encode(reports), relevant).mean())
 
 
-def main(argv: list[str]) -> int:
+def validation_and_heldout(paths, te) -> tuple:
+    """The IU reports with a validation part of the training side (VALIDATION_FRACTION of its
+    uids), and 300-report eval sets of that validation part and of the held-out part."""
     import polars as pl
+
+    from cxr_assets.text.corpus import validation_salt
+    from cxr_assets.text.evaluation import build_eval_set, load_iu_reports, with_validation_part
+
+    iu = with_validation_part(
+        load_iu_reports(paths.at(te.corpus.iu_csv), te.corpus.salt, te.corpus.heldout_fraction),
+        VALIDATION_FRACTION, validation_salt(te))
+    scored = {
+        "validation": build_eval_set(iu.with_columns(
+            pl.when(pl.col("split") == "validation").then(pl.lit("heldout"))
+            .otherwise(pl.lit("other")).alias("split")), 300, te.evaluation.seed),
+        "heldout": build_eval_set(iu, 300, te.evaluation.seed),
+    }
+    return iu, scored
+
+
+def main(argv: list[str]) -> int:
     import torch
     from bench_search_quality import QUERIES
     from provenance import provenance
@@ -95,15 +114,12 @@ def main(argv: list[str]) -> int:
     from cxr_assets.demo.generate import sample_reports
     from cxr_assets.paths import ProjectPaths
     from cxr_assets.text.baselines import MiniLMEncoder
-    from cxr_assets.text.corpus import training_data, validation_salt
+    from cxr_assets.text.corpus import training_data
     from cxr_assets.text.encode_paths import auto_candidates, convert_model, cpu_flags
     from cxr_assets.text.encoder import TextEncoder
     from cxr_assets.text.evaluation import (
         _prompts,
-        build_eval_set,
         evaluate_encoder,
-        load_iu_reports,
-        with_validation_part,
     )
     from cxr_assets.text.head_training import CachedTeacher, TokenStates, train_pooling_head
 
@@ -119,15 +135,7 @@ def main(argv: list[str]) -> int:
     encoder = TextEncoder.from_pretrained(start_release)
     te = te.model_copy(update={"corpus": te.corpus.model_copy(
         update={"validation_fraction": VALIDATION_FRACTION})})
-    iu = with_validation_part(
-        load_iu_reports(paths.at(te.corpus.iu_csv), te.corpus.salt, te.corpus.heldout_fraction),
-        VALIDATION_FRACTION, validation_salt(te))
-    scored = {
-        "validation": build_eval_set(iu.with_columns(
-            pl.when(pl.col("split") == "validation").then(pl.lit("heldout"))
-            .otherwise(pl.lit("other")).alias("split")), 300, te.evaluation.seed),
-        "heldout": build_eval_set(iu, 300, te.evaluation.seed),
-    }
+    _, scored = validation_and_heldout(paths, te)
     demo = sample_reports(DEMO_REPORTS, DEMO_SEED)
 
     def variant_data(settings: dict):

@@ -35,6 +35,7 @@ from ablate_head_statements import (  # after the path set-up
     HEADLINE,
     VALIDATION_FRACTION,
     search_precision,
+    validation_and_heldout,
 )
 
 PROFILE = REPO / "params.release_v6.yaml"
@@ -99,14 +100,8 @@ def main() -> int:
     from cxr_assets.config import load_params
     from cxr_assets.demo.generate import sample_reports
     from cxr_assets.paths import ProjectPaths
-    from cxr_assets.text.corpus import validation_salt
     from cxr_assets.text.encoder import TextEncoder
-    from cxr_assets.text.evaluation import (
-        build_eval_set,
-        evaluate_encoder,
-        load_iu_reports,
-        with_validation_part,
-    )
+    from cxr_assets.text.evaluation import evaluate_encoder
     from cxr_assets.text.pooling import MeanTaps
     from cxr_assets.text.postprocess import fit_sample
     from cxr_assets.text.release import read_release
@@ -116,15 +111,7 @@ def main() -> int:
     paths = ProjectPaths.from_params(params, REPO)
     te = params.text_encoder
     start = paths.at(te.init_from)
-    iu = with_validation_part(
-        load_iu_reports(paths.at(te.corpus.iu_csv), te.corpus.salt, te.corpus.heldout_fraction),
-        VALIDATION_FRACTION, validation_salt(te))
-    scored = {
-        "validation": build_eval_set(iu.with_columns(
-            pl.when(pl.col("split") == "validation").then(pl.lit("heldout"))
-            .otherwise(pl.lit("other")).alias("split")), 300, te.evaluation.seed),
-        "heldout": build_eval_set(iu, 300, te.evaluation.seed),
-    }
+    iu, scored = validation_and_heldout(paths, te)
     demo = sample_reports(DEMO_REPORTS, DEMO_SEED)
     # Statistics from training reports outside the validation part (the stage draws its sample,
     # with this seed, from the whole training part: the validation part is not kept out there).

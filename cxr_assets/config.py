@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -260,11 +260,6 @@ class MeanPoolingParams(_Section):
         if len(set(layers)) != len(layers):
             raise ValueError(f"layers repeat: {layers}")
         return layers
-
-    def taps(self) -> Any:
-        from cxr_assets.text.pooling import MeanTaps
-
-        return MeanTaps(tuple(self.layers), self.skip_first_token)
 
 
 class TextCorpusParams(_Section):

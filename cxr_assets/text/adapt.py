@@ -154,7 +154,12 @@ def adapt_text_encoder(
     from cxr_assets.text.contrastive import train_contrastive
     from cxr_assets.text.encoder import TextEncoder
     from cxr_assets.text.mntp import fixed_batch_loss, train_mntp
-    from cxr_assets.text.pooling import HEAD_MODES, body_pooling, make_latent_attention
+    from cxr_assets.text.pooling import (
+        HEAD_MODES,
+        body_pooling,
+        make_latent_attention,
+        mean_taps_of,
+    )
     from cxr_assets.text.postprocess import EmbeddingPostprocess, fit_sample
     from cxr_assets.text.release import (
         apply_adapters,
@@ -289,7 +294,7 @@ def adapt_text_encoder(
                 peft_model, tokenizer, [(r, r) for r in reports], params.contrastive,
                 params.instruction, stage_two_pooling, params.max_length, seed + 1,
                 progress=progress, log_fn=stage_log("simcse"), pooling_head=stage_two_head,
-                steps=params.contrastive.simcse_steps, mean_taps=params.mean_pooling.taps(),
+                steps=params.contrastive.simcse_steps, mean_taps=mean_taps_of(params.mean_pooling),
             )
         start_step, optimizer_state = 0, None
         if in_contrastive:
@@ -327,7 +332,7 @@ def adapt_text_encoder(
             tasks=two_tasks,
             pooling_head=stage_two_head, teacher=teacher, start_step=start_step,
             optimizer_state=optimizer_state, on_step=contrastive_checkpoint,
-            mean_taps=params.mean_pooling.taps(),
+            mean_taps=mean_taps_of(params.mean_pooling),
         )
         _gradient_checkpointing(peft_model, False)
         if params.contrastive.steps > 0 or not params.mntp.merge:
@@ -344,7 +349,7 @@ def adapt_text_encoder(
                               params.max_length, base_model=params.base_model,
                               pooling_head=head, bidirectional=params.bidirectional,
                               mean_weight=params.latent_attention.mean_weight,
-                              mean_taps=params.mean_pooling.taps())
+                              mean_taps=mean_taps_of(params.mean_pooling))
 
         def fit_postprocess() -> None:
             if params.postprocess.method == "none":
@@ -416,7 +421,6 @@ def _check_release(folder: Path, params: TextEncoderParams) -> Path:
         # The release's head was trained against this share of the mean: keep it.
         checks.append(("mean_weight", "latent_attention.mean_weight",
                        params.latent_attention.mean_weight))
-
     for key, name, want in checks:
         if stored.get(key, True if key == "bidirectional" else None) != want:
             raise ValueError(
@@ -428,10 +432,12 @@ def _check_release(folder: Path, params: TextEncoderParams) -> Path:
 def _mean_taps_note(folder: Path, params: TextEncoderParams) -> list[str]:
     """A note when the mean is read from other layers than the release's (allowed: the weights do
     not depend on it, but the release's evaluation then no longer describes this encoder)."""
-    from cxr_assets.text.encoder import ENCODER_CONFIG, stored_mean_taps
+    from cxr_assets.text.encoder import ENCODER_CONFIG
+    from cxr_assets.text.encoder_files import stored_mean_taps
+    from cxr_assets.text.pooling import mean_taps_of
 
     released = stored_mean_taps(json.loads((folder / ENCODER_CONFIG).read_text()))
-    ours = params.mean_pooling.taps()
+    ours = mean_taps_of(params.mean_pooling)
     if released == ours:
         return []
     return [(f"mean pooled at layers {list(ours.layers)} (skip first token: "

@@ -30,6 +30,7 @@ from cxr_assets.text.encoder_files import (
     load_pooling_head,
     load_postprocess,
     save_pooling_head,
+    stored_mean_taps,
 )
 from cxr_assets.text.pooling import HEAD_MODES, LAST_LAYER
 from cxr_assets.text.postprocess import POSTPROCESS_FILE
@@ -427,13 +428,6 @@ class TextEncoder:
         return mean_and_head(raw_t, self.mean_weight, center, scale,
                              head_width=self.hidden_size).numpy()
 
-
-def stored_mean_taps(stored: dict[str, Any]) -> Any:
-    """The MeanTaps of an encoder_config.json (encoders without the keys pool the last layer)."""
-    from cxr_assets.text.pooling import MeanTaps
-
-    return MeanTaps(tuple(int(layer) for layer in stored.get("mean_layers", [-1])),
-                    bool(stored.get("mean_skip_first_token", False)))
 
 
 def load_llm2vec4cxr(

@@ -79,3 +79,11 @@ def load_pooling_head(file: Path, hidden_size: int) -> Any:
     head = make_latent_attention(hidden_size, latents, heads)
     head.load_state_dict({k: v.float() for k, v in load_file(str(file)).items()})
     return head.eval()
+
+
+def stored_mean_taps(stored: dict[str, Any]) -> Any:
+    """The MeanTaps of an encoder_config.json (encoders without the keys pool the last layer)."""
+    from cxr_assets.text.pooling import MeanTaps
+
+    return MeanTaps(tuple(int(layer) for layer in stored.get("mean_layers", [-1])),
+                    bool(stored.get("mean_skip_first_token", False)))

@@ -81,6 +81,7 @@ def baseline_encoder(name: str, params: Params, paths: ProjectPaths, iu_train: l
     """One baseline of text_encoder.evaluation.baselines, by name (text.baselines.BASELINES)."""
     from cxr_assets.text.base_model import resolve_base_model
     from cxr_assets.text.baselines import BaselineSetup, build_baseline
+    from cxr_assets.text.pooling import mean_taps_of
 
     te = params.text_encoder
     return build_baseline(name, BaselineSetup(
@@ -90,7 +91,7 @@ def baseline_encoder(name: str, params: Params, paths: ProjectPaths, iu_train: l
         # part), whatever the encoder itself was adapted on.
         fit_corpus=iu_train,
         training=data, contrastive=te.contrastive, seed=params.project.seed, progress=progress,
-        mean_taps=te.mean_pooling.taps()))
+        mean_taps=mean_taps_of(te.mean_pooling)))
 
 
 def write_evaluation(table: pl.DataFrame | None, notes: list[str], out_dir: Path,

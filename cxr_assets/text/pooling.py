@@ -53,6 +53,11 @@ class MeanTaps:
 LAST_LAYER = MeanTaps()
 
 
+def mean_taps_of(section: Any) -> MeanTaps:
+    """The MeanTaps of a `text_encoder.mean_pooling` params section."""
+    return MeanTaps(tuple(section.layers), bool(section.skip_first_token))
+
+
 def body_pooling(mode: str) -> str:
     """The pooling the LLM body is trained with (stage two). In 'mean_and_latent_attention' the
     body is trained mean-pooled and its head is fitted afterwards on the frozen body (stage three)."""

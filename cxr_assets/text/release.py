@@ -149,7 +149,7 @@ def read_release(folder: Path, dtype: str | None = None, threads: int | None = N
 
     from cxr_assets.text.base_model import load_causal_lm, resolve_base_model
     from cxr_assets.text.bidirectional import enable_bidirectional
-    from cxr_assets.text.encoder import stored_mean_taps
+    from cxr_assets.text.encoder_files import stored_mean_taps
 
     folder = Path(folder)
     stored = json.loads((folder / ENCODER_CONFIG).read_text())

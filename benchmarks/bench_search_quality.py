@@ -5,9 +5,10 @@ report. For 20 such queries (side and size where they apply), each search path r
 studies, and a returned study counts as relevant when the project labeler found the query's
 observation positive in that study's report (`report_labels.parquet`). Paths, side by side:
 
-- text -> reports, report encoder: the query and the reports in the text encoder's own space
-  (artifacts/text_encoder, post-processed, `report_embeddings.parquet`), and the same with
-  all-MiniLM-L6-v2 (the baseline the adapted encoder must beat);
+- text -> reports, report encoder: the query (`encode_queries`: with the encoder's query adapter,
+  and apart without it) and the reports in the text encoder's own space (artifacts/text_encoder,
+  post-processed, `report_embeddings.parquet`), and the same with all-MiniLM-L6-v2 (the baseline
+  the adapted encoder must beat);
 - text -> reports, CLIP: the query through CLIP's text side against `report_embedding`;
 - text -> studies: the query through CLIP's text side against the image embeddings (what
   `cxr search "..."` answers); its bar is twice the finding's base rate.
@@ -92,6 +93,7 @@ def measure(root: Path) -> dict:
     texts = [q for q, _ in QUERIES]
 
     encoder = TextEncoder.from_pretrained(paths.text_encoder_dir)
+    report_vectors = np.stack(frame["encoder_embedding"].to_list())
     clip = LocalEncoder(paths.text_encoder_dir, paths.clip_model_dir)
     minilm = MiniLMEncoder()
     torch.set_num_threads(2)
@@ -99,8 +101,9 @@ def measure(root: Path) -> dict:
     report_texts = frame["report_text"].to_list()
     rows = {
         "text->reports (report encoder)": precision_at_k(
-            encoder.encode(texts, progress=False), np.stack(frame["encoder_embedding"].to_list()),
-            relevant),
+            encoder.encode_queries(texts), report_vectors, relevant),
+        "text->reports (report encoder, no query adapter)": precision_at_k(
+            encoder.encode(texts, progress=False), report_vectors, relevant),
         "text->reports (MiniLM)": precision_at_k(
             minilm.encode(texts, progress=False), minilm.encode(report_texts, progress=False),
             relevant),
@@ -117,6 +120,7 @@ def measure(root: Path) -> dict:
     return {
         "project": str(root), "n_studies": frame.height, "k": K, "n_queries": len(QUERIES),
         "text_encoder": encoder.content_hash, "clip_model_version": clip.version,
+        "query_adapter": repr(encoder.query_adapter),
         "mean_base_rate": round(float(base_rate.mean()), 4),
         "precision_at_5": {name: round(float(values.mean()), 4) for name, values in rows.items()},
         "seconds": round(time.perf_counter() - start, 1),

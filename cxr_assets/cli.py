@@ -74,7 +74,7 @@ def cmd_reevaluate(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from cxr_assets.embed.search import StudySearch, open_encoder, vector_db_path
+    from cxr_assets.embed.search import StudySearch, open_encoder, reports_for_text, vector_db_path
 
     params, paths = _load(args)
     modes = sum(x is not None for x in (args.query, args.image, args.similar_to))
@@ -84,6 +84,11 @@ def cmd_search(args) -> int:
     with StudySearch(vector_db_path(paths)) as search:
         if args.similar_to is not None:
             hits, what = search.similar_reports(study_id=args.similar_to, k=args.k), "reports similar to"
+        elif args.in_reports:
+            if args.query is None:
+                print("error: --in-reports needs a QUERY", file=sys.stderr)
+                return 2
+            hits, what = reports_for_text(paths, args.query, k=args.k), "reports (report encoder) for"
         else:
             encoder = open_encoder(params, paths, args.model, search.info)
             if args.image is not None:
@@ -91,8 +96,11 @@ def cmd_search(args) -> int:
             else:
                 hits, what = search.text_to_studies(encoder, args.query, k=args.k), "studies for"
         subject = args.query or args.image or args.similar_to
-        print(f"{what} {subject!r} ({search.info.model_name} v{search.info.model_version}, "
-              f"{search.info.n_rows} studies, {'HNSW' if search.info.hnsw_columns else 'exact'} search)")
+        if args.in_reports:
+            print(f"{what} {subject!r} ({paths.text_encoder_dir}, exact search)")
+        else:
+            print(f"{what} {subject!r} ({search.info.model_name} v{search.info.model_version}, "
+                  f"{search.info.n_rows} studies, {'HNSW' if search.info.hnsw_columns else 'exact'} search)")
         columns = [c for c in ("study_id", "split", "view_position", "similarity", "report_text") if c in hits.columns]
         if args.json:
             print(json.dumps(hits.select(columns).to_dicts(), indent=2, default=str))
@@ -178,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=10, help="how many results")
     p.add_argument("--model", default="auto",
                    help="query encoder: auto (champion if it built the table, else local), local, or a registry alias")
+    p.add_argument("--in-reports", action="store_true",
+                   help="QUERY -> reports in the report encoder's own space (its query adapter), "
+                        "not through CLIP")
     p.add_argument("--json", action="store_true", help="print results as JSON")
     p.set_defaults(func=cmd_search)
 

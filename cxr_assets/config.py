@@ -235,6 +235,19 @@ class PostprocessParams(_Section):
     n_fit: int = Field(512, ge=2, description="training reports the statistics are fitted on")
 
 
+class QueryAdapterParams(_Section):
+    """The query adapter (cxr_assets/text/query_adapter.py), fitted on the stage's training reports."""
+
+    steps: int = Field(0, ge=0, description="0: no adapter (queries are embedded like reports)")
+    n_fit: int = Field(600, ge=10, description="training reports whose clauses and findings are the queries")
+    per_report: int = Field(2, ge=1, description="clauses and finding statements taken per report")
+    rank: int = Field(64, ge=1, le=4096)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    loss_scale: float = Field(20.0, gt=0)
+
+
 class TextCheckpointParams(_Section):
     every_n_steps: int = Field(25, ge=0, description="0 = no checkpoints")
     resume: bool = Field(True, description="continue an unfinished run of the same params and data")
@@ -325,6 +338,7 @@ class TextEncoderParams(_Section):
         "in parallel as Dagster steps or `cxr stage report_embeddings --shard I/N`, then merged "
         "into the same table; 1 = one process")
     postprocess: PostprocessParams = PostprocessParams()
+    query_adapter: QueryAdapterParams = QueryAdapterParams()
     checkpoint: TextCheckpointParams = TextCheckpointParams()
     lora: LoraParams = LoraParams()
     mntp: MntpParams = MntpParams()

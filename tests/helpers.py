@@ -37,6 +37,7 @@ def tiny_params(root: Path, tiny_llm: Path, **sections) -> dict:
             "pooling": "mean",  # the demo's pooling needs the release's head
             "mean_pooling": {"layers": [-1], "skip_first_token": False},  # SmolLM2's layers
             "postprocess": {"n_fit": 16}, "lora": {"top_layers": None},
+            "query_adapter": {"steps": 50, "rank": 8},
             "mntp": {"steps": 2, "batch_size": 4},
             "contrastive": {"steps": 2, "batch_size": 4},
         },

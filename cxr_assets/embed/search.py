@@ -10,6 +10,10 @@ least `hnsw_min_rows` rows; below that an exact scan is faster than the index.
 - image -> reports:  which *reports* match an image file (DICOM, PNG, JPG)
 - report -> similar: which reports are closest to a study's report (or to a given text)
 
+and `reports_for_text` a fourth, in the report encoder's own space rather than CLIP's:
+- text -> reports:   which reports state a finding, the query through the encoder's query adapter
+  (`TextEncoder.encode_queries`) against report_embeddings.parquet (exact cosine scan)
+
 Queries are embedded by the registered champion pyfunc (`models:/<name>@champion`) or by the
 local model in artifacts/ (`LocalEncoder`); a query embedded by one model version must only be
 compared with a table built by the same version, so `auto` picks the model that built the table.
@@ -324,3 +328,30 @@ def open_encoder(params, paths, model: str, table: TableInfo) -> QueryEncoder:
     raise LookupError(
         f"models:/{params.registry.model_name}@{alias} is {found}, but the embedding table was built by "
         f"{table.model_name} v{table.model_version}; re-materialize study_embeddings or use --model local")
+
+
+def reports_for_text(paths, text: str, k: int = 10) -> pl.DataFrame:
+    """The k reports closest to `text` in the report encoder's space, best first: study_id,
+    similarity, report_text. The embeddings must come from artifacts/text_encoder as it is now."""
+    from cxr_assets.text.encoder import TextEncoder
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    table = paths.report_embeddings_table
+    if not table.is_file():
+        raise FileNotFoundError(f"no report embeddings at {table}: materialize report_embeddings first "
+                                "(`dagster asset materialize --select +report_embeddings`)")
+    encoder = TextEncoder.from_pretrained(paths.text_encoder_dir)
+    frame = pl.read_parquet(table)
+    stale = frame.filter(pl.col("encoder_hash") != encoder.content_hash).height
+    if stale:
+        raise LookupError(f"{stale} rows of {table} were embedded by another text encoder than "
+                          f"{paths.text_encoder_dir} ({encoder.content_hash}): re-materialize "
+                          "report_embeddings")
+    documents = _normalize(np.stack(frame["embedding"].to_list()))
+    scores = documents @ _normalize(encoder.encode_queries([text]))[0]
+    top = np.argsort(-scores, kind="stable")[:k]
+    texts = pl.read_parquet(paths.report_texts_table).select("study_id", "report_text")
+    hits = frame[top].select("study_id").with_columns(
+        pl.Series("similarity", scores[top].astype(np.float32)))
+    return hits.join(texts, on="study_id", how="left", maintain_order="left")

@@ -92,6 +92,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
                                   f"{result.mntp_eval_loss[0]:.3f} -> {result.mntp_eval_loss[1]:.3f}"),
         "contrastive_loss": first_last(result.contrastive_losses),
         "head_loss": first_last(result.head_losses),
+        "query_adapter": _query_adapter_summary(result.query_adapter, te.query_adapter.steps),
         "resumed_from": result.resumed_from or "fresh start",
         "init_from": te.init_from or "base model",
         "bidirectional": te.bidirectional,
@@ -106,3 +107,15 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     metadata["evaluation"] = Markdown(eval_files[1].read_text())
     metadata["evaluation_file"] = eval_files[0]
     return StageResult("text_encoder", {"text_encoder": result.encoder_dir}, metadata)
+
+
+def _query_adapter_summary(fit: Any, steps: int) -> str:
+    from cxr_assets.text.query_adapter import MIN_REPORTS
+
+    if fit is None:
+        return ("none (text_encoder.query_adapter.steps: 0)" if steps == 0 else
+                f"none (fewer than {MIN_REPORTS} distinct training reports)")
+    return (f"rank {fit.adapter.rank}, {fit.n_pairs} queries of {fit.n_reports} reports; "
+            f"held-aside queries with a right report in their top 10: "
+            f"{fit.heldout_hit_at_10_before:.3f} -> {fit.heldout_hit_at_10_after:.3f}; "
+            f"loss {fit.losses[0]:.3f} -> {fit.losses[-1]:.3f}")

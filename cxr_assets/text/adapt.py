@@ -44,6 +44,8 @@ class AdaptationResult:
     release_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     head_losses: list[float] = field(default_factory=list)
+    # The query adapter's fit (text/query_adapter.py), None when query_adapter.steps is 0.
+    query_adapter: Any = None
 
 
 def seed_everything(seed: int) -> None:
@@ -161,6 +163,7 @@ def adapt_text_encoder(
         mean_taps_of,
     )
     from cxr_assets.text.postprocess import EmbeddingPostprocess, fit_sample
+    from cxr_assets.text.query_adapter import MIN_REPORTS, fit_query_adapter
     from cxr_assets.text.release import (
         apply_adapters,
         round_lora_to_fp16,
@@ -371,6 +374,15 @@ def adapt_text_encoder(
                                       encoder.postprocess, ckpt, body_state, resume)
         if not beside_mean:  # the statistics of the final pooled output
             fit_postprocess()
+        query_fit = None
+        query_reports = fit_sample(reports, params.query_adapter.n_fit, seed + 13)
+        if params.query_adapter.steps > 0 and len(query_reports) < MIN_REPORTS:
+            notes.append(f"no query adapter: {len(query_reports)} distinct training reports, "
+                         f"it needs {MIN_REPORTS}")
+        elif params.query_adapter.steps > 0:  # on the final embeddings: fitted last
+            query_fit = fit_query_adapter(encoder, query_reports, params.query_adapter, seed,
+                                          batch_size=params.embed_batch_size, progress=progress)
+            encoder.query_adapter = query_fit.adapter
         out_dir = Path(out_dir)
         encoder.save_pretrained(out_dir)  # atomic: tmp folder + rename
         if release_dir is not None:
@@ -397,6 +409,7 @@ def adapt_text_encoder(
         resumed_from=resumed_from,
         release_dir=Path(release_dir) if release_dir is not None else None,
         notes=notes,
+        query_adapter=query_fit,
     )
 
 

@@ -3,7 +3,8 @@
 A saved encoder is a plain folder: the merged transformer body (`model.safetensors`,
 `config.json`), the tokenizer files, for latent-attention pooling the head
 (`pooling_head.safetensors`), the fitted embedding post-processing (`postprocess.safetensors`,
-applied by `encode`), and `encoder_config.json` (pooling, instruction, separator, max_length,
+applied by `encode`), the query adapter when one was fitted (`query_adapter.safetensors`,
+applied by `encode_queries`), and `encoder_config.json` (pooling, instruction, separator, max_length,
 base_model, dim, bidirectional, mean_weight for a head beside the mean, content_hash). `content_hash` identifies what the encoder computes
 (all weight/config/tokenizer bytes + the encoding settings), so embedding caches can key on it.
 
@@ -34,6 +35,7 @@ from cxr_assets.text.encoder_files import (
 )
 from cxr_assets.text.pooling import HEAD_MODES, LAST_LAYER
 from cxr_assets.text.postprocess import POSTPROCESS_FILE
+from cxr_assets.text.query_adapter import QUERY_ADAPTER_FILE, load_query_adapter
 
 # Padded tokens per encode batch: a few long reports no longer pad a whole batch of short ones,
 # and ~1k rows of activations stay in cache. Measured on 256 IU reports, 2 threads (reports/s at
@@ -84,6 +86,7 @@ class TextEncoder:
         postprocess: Any = None,
         mean_weight: float = 0.5,
         mean_taps: Any = None,
+        query_adapter: Any = None,
     ) -> None:
         from cxr_assets.text.base_model import backbone, prepare_tokenizer
         from cxr_assets.text.bidirectional import enable_bidirectional
@@ -135,6 +138,9 @@ class TextEncoder:
             raise ValueError(f"post-processing dim {postprocess.dim} != the pooled part's "
                              f"{expected}")
         self.postprocess = postprocess
+        if query_adapter is not None and query_adapter.dim != self.dim:
+            raise ValueError(f"query adapter dim {query_adapter.dim} != the encoder's {self.dim}")
+        self.query_adapter = query_adapter  # applied by encode_queries only
         from cxr_assets.text.encode_paths import FP32
 
         self.compute = FP32  # how the forward runs: see use_path / encode_paths.choose_path
@@ -164,7 +170,8 @@ class TextEncoder:
         return (
             f"TextEncoder(base_model={self.base_model!r}, dim={self.dim}, pooling={self.pooling!r}, "
             f"max_length={self.max_length}, bidirectional={self.bidirectional}, "
-            f"postprocess={self.postprocess is not None}, content_hash={self._content_hash or '?'})"
+            f"postprocess={self.postprocess is not None}, "
+            f"query_adapter={self.query_adapter is not None}, content_hash={self._content_hash or '?'})"
         )
 
     def settings(self) -> dict[str, Any]:
@@ -303,6 +310,7 @@ class TextEncoder:
             postprocess=load_postprocess(path),
             mean_weight=float(stored.get("mean_weight", 0.5)),
             mean_taps=stored_mean_taps(stored),
+            query_adapter=load_query_adapter(path),
         )
         if encoder.dim != stored["dim"]:
             raise ValueError(
@@ -329,6 +337,8 @@ class TextEncoder:
                 save_pooling_head(self.pooling_head, tmp / POOLING_HEAD)
             if self.postprocess is not None:
                 self.postprocess.save(tmp / POSTPROCESS_FILE)
+            if self.query_adapter is not None:
+                self.query_adapter.save(tmp / QUERY_ADAPTER_FILE)
             settings = self.settings()
             content_hash = folder_hash(tmp, settings)
             (tmp / ENCODER_CONFIG).write_text(
@@ -410,6 +420,14 @@ class TextEncoder:
                 f"{broken.size} of {len(texts)} texts (first: texts[{broken[0]}] = "
                 f"{texts[broken[0]][:80]!r}); force text_encoder.encode_path: fp32")
         return self.finish(out) if postprocess else out
+
+    def encode_queries(self, texts: list[str], batch_size: int = 16, progress: bool = False
+                       ) -> np.ndarray:
+        """Embed search queries (short finding phrases) for comparison with `encode`d reports:
+        `encode`, then the fitted query adapter when the encoder has one (text/query_adapter.py).
+        Only the query side moves, so stored report embeddings stay valid."""
+        vectors = self.encode(texts, batch_size=batch_size, progress=progress)
+        return self.query_adapter(vectors) if self.query_adapter is not None else vectors
 
     def finish(self, raw: np.ndarray, postprocess: bool = True) -> np.ndarray:
         """Raw pooled output [N, raw dim] -> the embedding `encode` returns: the fitted

@@ -6,6 +6,7 @@ Layout of a release folder:
                                merged into the base model in order (MNTP first, then contrastive)
     pooling_head.safetensors   latent-attention head, when the pooling uses one
     postprocess.safetensors    fitted embedding post-processing
+    query_adapter.safetensors  the query adapter, when one was fitted (text/query_adapter.py)
     MODEL_CARD.md, evaluation.json, training.json
 
 `TextEncoder.from_pretrained(folder)` loads a release like any encoder folder: the base model is
@@ -34,6 +35,7 @@ from cxr_assets.text.encoder_files import (
 )
 from cxr_assets.text.pooling import HEAD_MODES
 from cxr_assets.text.postprocess import POSTPROCESS_FILE
+from cxr_assets.text.query_adapter import QUERY_ADAPTER_FILE, load_query_adapter
 
 RELEASE_FORMAT = "release"
 ADAPTERS_DIR = "adapters"
@@ -105,6 +107,8 @@ def write_release(out_dir: Path, encoder: Any, adapters: dict[str, Path],
             save_pooling_head(encoder.pooling_head, tmp / POOLING_HEAD)
         if encoder.postprocess is not None:
             encoder.postprocess.save(tmp / POSTPROCESS_FILE)
+        if encoder.query_adapter is not None:
+            encoder.query_adapter.save(tmp / QUERY_ADAPTER_FILE)
         settings = encoder.settings()
         config = {**settings, "format": RELEASE_FORMAT,
                   "adapters": sorted(p.name for p in (tmp / ADAPTERS_DIR).iterdir())
@@ -177,7 +181,7 @@ def read_release(folder: Path, dtype: str | None = None, threads: int | None = N
             "source_dir": folder, "pooling_head": head, "bidirectional": bidirectional,
             "postprocess": load_postprocess(folder),
             "mean_weight": float(stored.get("mean_weight", 0.5)),
-            "mean_taps": stored_mean_taps(stored)}
+            "mean_taps": stored_mean_taps(stored), "query_adapter": load_query_adapter(folder)}
 
 
 def is_release(folder: Path) -> bool:

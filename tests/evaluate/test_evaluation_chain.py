@@ -52,6 +52,7 @@ def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, m
     assert cli.main([*argv, "--image", str(image), "--k", "2", "--model", "local"]) == 0
     assert cli.main([*argv, "--similar-to", hits[0]["study_id"], "--k", "2"]) == 0
     assert cli.main(argv) == 2  # no query given: a clear usage error
+    _check_search_in_reports(argv, paths, capsys)
 
     # (2)-(6) the report: sections, plots, DVC metrics/plot files, Dagster metadata
     evaluation_dir = tmp_path / "reports/evaluation"
@@ -129,3 +130,37 @@ def test_evaluation_search_promotion_rollback_reevaluation(tmp_path, tiny_llm, m
     alert = json.loads((tmp_path / "reports/alerts/drift.jsonl").read_text().splitlines()[-1])
     assert "mean_recall" in alert["dropped"] and alert["date"] == "2030-01-02"
     assert second.checks[0].metadata["webhook"].startswith("failed")  # reported, never raised
+
+
+def _check_search_in_reports(argv, paths, capsys) -> None:
+    """`cxr search --in-reports`: the query through the encoder's query adapter against the
+    report encoder's own embeddings, best first; embeddings of another encoder are refused."""
+    import numpy as np
+    import polars as pl
+
+    from cxr_assets import cli
+    from cxr_assets.embed.search import reports_for_text
+    from cxr_assets.text.encoder import TextEncoder
+
+    query = "small left pleural effusion"
+    assert cli.main([*argv, "--in-reports", query, "--k", "3", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "reports (report encoder) for" in out
+    hits = json.loads(out[out.index("["):])
+    encoder = TextEncoder.from_pretrained(paths.text_encoder_dir)
+    assert encoder.query_adapter is not None
+    table = pl.read_parquet(paths.report_embeddings_table)
+    docs = np.stack(table["embedding"].to_list())
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    q = encoder.encode_queries([query])[0]
+    expected = np.argsort(-(docs @ (q / np.linalg.norm(q))), kind="stable")[:3]
+    assert [h["study_id"] for h in hits] == table["study_id"].gather(expected).to_list()
+    assert all(h["report_text"] for h in hits)
+    assert cli.main([*argv, "--in-reports"]) == 2  # no query: usage error
+    stale = table.with_columns(pl.lit("0" * 16).alias("encoder_hash"))
+    stale.write_parquet(paths.report_embeddings_table)
+    try:
+        with pytest.raises(LookupError, match="embedded by another text encoder"):
+            reports_for_text(paths, query)
+    finally:
+        table.write_parquet(paths.report_embeddings_table)

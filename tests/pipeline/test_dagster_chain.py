@@ -48,6 +48,9 @@ def test_full_chain_materializes_with_metadata_and_checks(tiny_project):
     assert splits["n_train"] + splits["n_val"] + splits["n_test"] == raw["n_studies"]
     encoder = _metadata(result, "text_encoder")
     assert len(encoder["encoder_hash"]) >= 12
+    # ~21 training reports: the query adapter is fitted and stored beside the encoder.
+    assert encoder["query_adapter"].startswith("rank 8, "), encoder["query_adapter"]
+    assert (tiny_project / "artifacts/text_encoder/query_adapter.safetensors").is_file()
     embeddings = _metadata(result, "report_embeddings")
     assert embeddings["n_reports"] == raw["n_studies"] and embeddings["n_encoded_now"] > 0
     clip = _metadata(result, "clip_model")

@@ -522,3 +522,20 @@ def test_an_unwritten_or_undeclared_out_is_reported(tmp_path: Path) -> None:
     problems = check_outs(planted(tmp_path, change))
     assert "study_splits: dvc out data/catalog/bogus.parquet is not a path the stage's code names" in problems
     assert "champion_model: returns output reports/champion.json, not a dvc out" in problems
+
+
+# Settings of the text_encoder section that cannot change its outputs: where MLflow logs, how
+# often a checkpoint is written, and how later stages embed (report_embeddings declares those).
+TEXT_ENCODER_WITHOUT_EFFECT = {"mlflow", "checkpoint", "encode_path", "embed_shards"}
+
+
+def test_text_encoder_stage_declares_every_setting_that_shapes_the_encoder() -> None:
+    """(c) works per section; the text_encoder stage's section has many settings, and one left
+    out of dvc.yaml (as mean_pooling and head_training once were) means `dvc repro` keeps a stale
+    encoder when it changes."""
+    from cxr_assets.config import TextEncoderParams
+
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["text_encoder"]
+    declared = {p.split(".", 1)[1] for p in stage["params"] if p.startswith("text_encoder.")}
+    missing = set(TextEncoderParams.model_fields) - declared - TEXT_ENCODER_WITHOUT_EFFECT
+    assert not missing, f"dvc.yaml stage text_encoder does not declare text_encoder.{sorted(missing)}"

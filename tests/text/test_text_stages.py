@@ -79,6 +79,9 @@ def test_stages_train_on_variants_evaluate_log_and_cache(tiny_dir: Path, tmp_pat
     assert re.fullmatch(r"report_variants \+ [1-9]\d* finding statements", meta["training_source"])
     assert meta["n_hard_negatives"] > 0
     assert (paths.text_encoder_dir / "pooling_head.safetensors").is_file()
+    # 6 distinct training reports: too few to fit a query adapter; the stage says so.
+    assert meta["query_adapter"] == "none (fewer than 10 distinct training reports)"
+    assert not (paths.text_encoder_dir / "query_adapter.safetensors").is_file()
 
     table = pl.DataFrame(__import__("json").loads(
         (paths.reports_dir / "text_encoder_eval.json").read_text())["rows"])

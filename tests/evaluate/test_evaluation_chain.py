@@ -143,6 +143,7 @@ def _check_search_in_reports(argv, paths, capsys) -> None:
     from cxr_assets.text.encoder import TextEncoder
 
     query = "small left pleural effusion"
+    capsys.readouterr()  # what the earlier searches printed
     assert cli.main([*argv, "--in-reports", query, "--k", "3", "--json"]) == 0
     out = capsys.readouterr().out
     assert "reports (report encoder) for" in out

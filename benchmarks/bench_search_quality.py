@@ -139,7 +139,7 @@ def main() -> None:
           f"(mean base rate {result['mean_base_rate']:.3f}; targets: text->reports >= 0.8, "
           f"text->studies >= 2x base rate = {2 * result['mean_base_rate']:.3f})")
     for name, value in result["precision_at_5"].items():
-        print(f"  {name:<34}{value:.3f}")
+        print(f"  {name:<50}{value:.3f}")
     out = HERE / "results" / "search_quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

@@ -55,7 +55,8 @@ class EmbeddingPostprocess:
             scale = np.maximum(std, 1e-3 * max(float(np.median(std)), 1e-12))
         # Stored at fp16's precision: last-bit noise of the encode kernels then does not change
         # the saved bytes (nor the encoder's content hash) from one identical run to the next.
-        return cls(_round(mean), _round(scale), method, x.shape[0])
+        return cls(round_to_fp16_precision(mean), round_to_fp16_precision(scale), method,
+                   x.shape[0])
 
     def __call__(self, vectors: np.ndarray) -> np.ndarray:
         x = np.asarray(vectors, dtype=np.float32)
@@ -103,7 +104,7 @@ def read_single_key_metadata(meta: dict[str, str] | None, key: str) -> dict[str,
     return json.loads(meta[key]) if key in meta else dict(meta)
 
 
-def _round(values: np.ndarray) -> np.ndarray:
+def round_to_fp16_precision(values: np.ndarray) -> np.ndarray:
     """Keep 11 significant bits (fp16's precision, at any magnitude)."""
     mantissa, exponent = np.frexp(np.asarray(values, dtype=np.float64))
     return np.ldexp(np.round(mantissa * 2048) / 2048, exponent).astype(np.float32)

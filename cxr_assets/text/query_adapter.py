@@ -208,9 +208,10 @@ def fit_query_adapter(encoder: Any, reports: list[str], settings: Any, seed: int
         (loss + penalty).backward()
         optimizer.step()
         losses.append(float(loss.detach()))
-    from cxr_assets.text.postprocess import _round
+    from cxr_assets.text.postprocess import round_to_fp16_precision as rounded
 
-    adapter = QueryAdapter(_round(down.detach().numpy()), _round(up.detach().numpy()),
+    # Rounded like the post-processing statistics: last-bit noise does not change the hash.
+    adapter = QueryAdapter(rounded(down.detach().numpy()), rounded(up.detach().numpy()),
                            {"n_reports": len(reports), "n_pairs": len(pairs), "steps": settings.steps,
                             "seed": seed})
     return QueryAdapterFit(

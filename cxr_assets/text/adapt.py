@@ -11,6 +11,7 @@ and data resumes from its last checkpoint and takes the same steps as an uninter
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import random
@@ -380,9 +381,16 @@ def adapt_text_encoder(
             notes.append(f"no query adapter: {len(query_reports)} distinct training reports, "
                          f"it needs {MIN_REPORTS}")
         elif params.query_adapter.steps > 0:  # on the final embeddings: fitted last
-            query_fit = fit_query_adapter(encoder, query_reports, params.query_adapter, seed,
+            # Encoded on the path report_embeddings will take (`encode_path`; auto: the fastest
+            # within the fidelity bar), through a shallow copy: the path's converted model is a
+            # copy too, so the encoder saved below keeps its PyTorch body.
+            fit_encoder = copy.copy(encoder)
+            fit_encoder.request_path(params.encode_path, params.embed_batch_size)
+            query_fit = fit_query_adapter(fit_encoder, query_reports, params.query_adapter, seed,
                                           batch_size=params.embed_batch_size, progress=progress)
             encoder.query_adapter = query_fit.adapter
+            if fit_encoder.path_choice is not None:
+                notes.append(f"query adapter fitted on encode path {fit_encoder.path_choice.path}")
         out_dir = Path(out_dir)
         encoder.save_pretrained(out_dir)  # atomic: tmp folder + rename
         if release_dir is not None:

@@ -332,7 +332,8 @@ def open_encoder(params, paths, model: str, table: TableInfo) -> QueryEncoder:
 
 def reports_for_text(paths, text: str, k: int = 10) -> pl.DataFrame:
     """The k reports closest to `text` in the report encoder's space, best first: study_id,
-    similarity, report_text. The embeddings must come from artifacts/text_encoder as it is now."""
+    split, similarity, report_text. The embeddings must come from artifacts/text_encoder as it
+    is now."""
     from cxr_assets.text.encoder import TextEncoder
 
     if k < 1:
@@ -352,6 +353,8 @@ def reports_for_text(paths, text: str, k: int = 10) -> pl.DataFrame:
     scores = documents @ _normalize(encoder.encode_queries([text]))[0]
     top = np.argsort(-scores, kind="stable")[:k]
     texts = pl.read_parquet(paths.report_texts_table).select("study_id", "report_text")
+    splits = pl.read_parquet(paths.splits_table).select("study_id", "split")
     hits = frame[top].select("study_id").with_columns(
         pl.Series("similarity", scores[top].astype(np.float32)))
-    return hits.join(texts, on="study_id", how="left", maintain_order="left")
+    return (hits.join(splits, on="study_id", how="left", maintain_order="left")
+            .join(texts, on="study_id", how="left", maintain_order="left"))

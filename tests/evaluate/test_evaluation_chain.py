@@ -157,6 +157,7 @@ def _check_search_in_reports(argv, paths, capsys) -> None:
     expected = np.argsort(-(docs @ (q / np.linalg.norm(q))), kind="stable")[:3]
     assert [h["study_id"] for h in hits] == table["study_id"].gather(expected).to_list()
     assert all(h["report_text"] for h in hits)
+    assert {h["split"] for h in hits} <= {"train", "val", "test"}
     assert cli.main([*argv, "--in-reports"]) == 2  # no query: usage error
     stale = table.with_columns(pl.lit("0" * 16).alias("encoder_hash"))
     stale.write_parquet(paths.report_embeddings_table)

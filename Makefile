@@ -43,7 +43,10 @@ run: setup
 # under CI=true a skipped test fails the run unless tests/skip_allowlist.txt says why it may skip.
 test: setup
 	bash infra/install_test_deps.sh
-	pytest -q
+	@# A native crash (exit 128 + signal) prints no summary: say which test was running.
+	pytest -q || { rc=$$?; if [ $$rc -gt 128 ]; then echo "pytest died from signal" \
+	  "$$((rc - 128)) during: $$(cat .pytest_cache/cxr_current_test 2>/dev/null)" >&2; fi; \
+	  exit $$rc; }
 
 test-fast: setup
 	bash infra/install_test_deps.sh

@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -316,6 +317,60 @@ def int8_smooth_layers(model: Any, tokenizer: Any, max_length: int = 128,
     return converted
 
 
+@functools.cache
+def _openvino_body_class() -> type:
+    """The torch module that runs a compiled OpenVINO body (built once: torch is imported lazily).
+
+    A module-level class holding its compiled model as an attribute, not a class made per call
+    that closes over it: a per-call class sits in a reference cycle, so its compiled model (and
+    OpenVINO's threads and buffers) would be freed at some later garbage collection, wherever
+    that falls, instead of when the encoder lets the body go."""
+    import types
+
+    import torch
+
+    class OpenVINOBody(torch.nn.Module):
+        def __init__(self, compiled: Any, hidden_layers: tuple[int, ...]) -> None:
+            super().__init__()
+            self.compiled = compiled
+            self.hidden_layers = tuple(hidden_layers)
+            n_requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+            self.requests = [compiled.create_infer_request() for _ in range(n_requests)]
+            # embed_batch reads the body's device from its parameters: this one says "cpu".
+            self.device_anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+
+        def forward(self, input_ids, attention_mask, position_ids, **_: Any) -> Any:
+            # Real tokens first (right padding), then back to the caller's layout.
+            order = torch.argsort(1 - attention_mask, dim=1, stable=True)
+            inputs = [t.gather(1, order) for t in (input_ids, attention_mask, position_ids)]
+            lengths = attention_mask.sum(dim=1)
+            parts = [rows for rows in torch.arange(len(lengths)).tensor_split(len(self.requests))
+                     if len(rows)]
+            running = []
+            for request, rows in zip(self.requests, parts):
+                # Right-padded, so columns past the part's longest row hold only padding.
+                width = max(1, int(lengths[rows].max()))
+                request.start_async([t[rows, :width].numpy() for t in inputs])
+                running.append((request, rows))
+            outputs: list[Any] = [None] * (1 + len(self.hidden_layers))  # last, then each tap
+            for request, rows in running:
+                request.wait()
+                for i in range(len(outputs)):
+                    part = torch.from_numpy(np.array(request.get_output_tensor(i).data,
+                                                     dtype=np.float32))
+                    if outputs[i] is None:
+                        outputs[i] = part.new_zeros(*attention_mask.shape, part.shape[-1])
+                    outputs[i][rows, :part.shape[1]] = part
+            restore = torch.argsort(order, dim=1).unsqueeze(-1).expand(-1, -1,
+                                                                       outputs[0].shape[-1])
+            padding = attention_mask.unsqueeze(-1) == 0
+            outputs = [o.gather(1, restore).masked_fill(padding, 0.0) for o in outputs]
+            return types.SimpleNamespace(last_hidden_state=outputs[0],
+                                         hidden_states=dict(zip(self.hidden_layers, outputs[1:])))
+
+    return OpenVINOBody
+
+
 def openvino_body(model: Any, name: str, tokenizer: Any, hidden_layers: tuple[int, ...] = ()
                   ) -> Any:
     """`model` (a Hugging Face decoder body, fp32) exported to OpenVINO and compiled for this CPU,
@@ -323,7 +378,6 @@ def openvino_body(model: Any, name: str, tokenizer: Any, hidden_layers: tuple[in
     position_ids -> .last_hidden_state), so pooling and the head run unchanged. hidden_layers:
     the hidden states a mean tap reads (pooling.MeanTaps) are exported too, as
     `.hidden_states[layer]`."""
-    import types
     import warnings
 
     import openvino as ov
@@ -359,10 +413,14 @@ def openvino_body(model: Any, name: str, tokenizer: Any, hidden_layers: tuple[in
     try:
         # Tracing warns about the attention code's shape branches (single-token queries, the
         # causal flag with an explicit mask): an encoder always passes the mask, so they are moot.
+        # share_weights=False: the exported graph owns copies of the weights, so nothing in
+        # OpenVINO points into the PyTorch model's memory or holds its Python objects (which
+        # OpenVINO's own threads could otherwise release).
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             exported = ov.convert_model(LastHidden(model.eval()), example_input=inputs,
-                                        input=[ov.PartialShape([-1, -1])] * 3)
+                                        input=[ov.PartialShape([-1, -1])] * 3,
+                                        share_weights=False)
     except Exception as error:  # OpenVINO's conversion errors are not RuntimeErrors
         raise RuntimeError(f"OpenVINO could not export the {type(model).__name__} body: "
                            f"{error}"[:2000]) from error
@@ -380,45 +438,7 @@ def openvino_body(model: Any, name: str, tokenizer: Any, hidden_layers: tuple[in
     compiled = ov.Core().compile_model(exported, "CPU", {
         "INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "THROUGHPUT",
         "INFERENCE_NUM_THREADS": torch.get_num_threads()})
-    n_requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-
-    class OpenVINOBody(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.requests = [compiled.create_infer_request() for _ in range(n_requests)]
-            # embed_batch reads the body's device from its parameters: this one says "cpu".
-            self.device_anchor = torch.nn.Parameter(torch.empty(0), requires_grad=False)
-
-        def forward(self, input_ids, attention_mask, position_ids, **_: Any) -> Any:
-            # Real tokens first (right padding), then back to the caller's layout.
-            order = torch.argsort(1 - attention_mask, dim=1, stable=True)
-            inputs = [t.gather(1, order) for t in (input_ids, attention_mask, position_ids)]
-            lengths = attention_mask.sum(dim=1)
-            parts = [rows for rows in torch.arange(len(lengths)).tensor_split(n_requests)
-                     if len(rows)]
-            running = []
-            for request, rows in zip(self.requests, parts):
-                # Right-padded, so columns past the part's longest row hold only padding.
-                width = max(1, int(lengths[rows].max()))
-                request.start_async([t[rows, :width].numpy() for t in inputs])
-                running.append((request, rows))
-            outputs: list[Any] = [None] * (1 + len(hidden_layers))  # last, then each tap
-            for request, rows in running:
-                request.wait()
-                for i in range(len(outputs)):
-                    part = torch.from_numpy(np.array(request.get_output_tensor(i).data,
-                                                     dtype=np.float32))
-                    if outputs[i] is None:
-                        outputs[i] = part.new_zeros(*attention_mask.shape, part.shape[-1])
-                    outputs[i][rows, :part.shape[1]] = part
-            restore = torch.argsort(order, dim=1).unsqueeze(-1).expand(-1, -1,
-                                                                       outputs[0].shape[-1])
-            padding = attention_mask.unsqueeze(-1) == 0
-            outputs = [o.gather(1, restore).masked_fill(padding, 0.0) for o in outputs]
-            return types.SimpleNamespace(last_hidden_state=outputs[0],
-                                         hidden_states=dict(zip(hidden_layers, outputs[1:])))
-
-    return OpenVINOBody()
+    return _openvino_body_class()(compiled, hidden_layers)
 
 
 def convert_model(model: Any, name: str, tokenizer: Any = None, max_length: int = 128,

@@ -212,6 +212,26 @@ def test_openvino_fp32_equals_fp32_on_left_padded_causal_batches(tiny_dir: Path,
     assert fidelity(reference, vectors)[1] > 0.99999
 
 
+def test_an_openvino_body_is_freed_with_its_encoder(tiny_dir: Path, reports) -> None:
+    """The compiled model (its buffers and stream threads) goes when the encoder does, by
+    reference counting alone, not at whatever later garbage collection (in another test, or in
+    another stage of a long run) first reaches a reference cycle holding it."""
+    import gc
+    import weakref
+
+    encoder = TextEncoder.from_base(tiny_dir, pooling="mean", max_length=64)
+    choose_path(encoder, reports, "openvino_fp32")
+    assert encoder.encode(reports[:2], progress=False).shape[0] == 2
+    compiled = weakref.ref(encoder.model.compiled)
+    gc.collect()
+    gc.disable()
+    try:
+        del encoder
+        assert compiled() is None, "the compiled OpenVINO model outlived its encoder"
+    finally:
+        gc.enable()
+
+
 def test_non_finite_embeddings_are_refused_with_the_path_and_text(encoder: TextEncoder,
                                                                   reports) -> None:
     """A path whose kernels produce NaN on this CPU must stop the stage, not fill the table."""

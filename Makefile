@@ -44,7 +44,8 @@ run: setup
 test: setup
 	bash infra/install_test_deps.sh
 	@# A native crash (exit 128 + signal) prints no summary: say which test was running.
-	pytest -q || { rc=$$?; if [ $$rc -gt 128 ]; then echo "pytest died from signal" \
+	@echo pytest -q
+	@pytest -q || { rc=$$?; if [ $$rc -gt 128 ]; then echo "pytest died from signal" \
 	  "$$((rc - 128)) during: $$(cat .pytest_cache/cxr_current_test 2>/dev/null)" >&2; fi; \
 	  exit $$rc; }
 

@@ -50,6 +50,7 @@ class DemoDataParams(_Section):
     image_size: int = Field(256, ge=64, le=4096, description="phantom side length in pixels")
     n_institutions: int = Field(3, ge=1, le=10)
     views_per_study_max: int = Field(2, ge=1, le=3)
+    workers: int = Field(2, ge=1, le=64, description="generator processes (the output does not depend on them)")
 
 
 class ManifestColumns(_Section):

@@ -14,9 +14,12 @@ from.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
+import multiprocessing
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -39,6 +42,8 @@ from cxr_assets.demo.reports import (
 )
 
 LABELS_FILE = "demo_labels.csv"
+# Below this many studies per worker process, starting the processes costs more than they save.
+MIN_STUDIES_PER_WORKER = 100
 LABEL_COLUMNS = ("study_id", "patient_id", "institution", "style", "findings")
 
 # Marginal rates among abnormal studies, tuned so each finding lands at 5-25% overall.
@@ -319,6 +324,16 @@ def _write_study(study: _Study, seed: int, image_size: int, study_dir: Path) -> 
     return len(study.views)
 
 
+def _write_study_files(job: tuple[_Study, int, int, Path]) -> int:
+    """One study's DICOM files and report (a worker process's unit); returns its image count."""
+    study, seed, image_size, out_dir = job
+    patient_dir = out_dir / "files" / f"p{str(study.patient_id)[:2]}" / f"p{study.patient_id}"
+    n_images = _write_study(study, seed, image_size, patient_dir / f"s{study.study_id}")
+    text = _study_report(study, seed)
+    (patient_dir / f"s{study.study_id}.txt").write_text(text, encoding="utf-8")
+    return n_images
+
+
 def _study_report(study: _Study, seed: int) -> str:
     ctx = ReportContext(style=study.style, house=study.institution.house, views=study.views,
                         sex=study.sex, prior=study.prior, indication=study.indication)
@@ -362,8 +377,10 @@ def generate_demo_dataset(
     n_institutions: int = 3,
     views_per_study_max: int = 2,
     progress: bool = True,
+    workers: int = 1,
 ) -> DemoSummary:
-    """Write `n_studies` synthetic studies (DICOM + report) under `out_dir`; deterministic by seed."""
+    """Write `n_studies` synthetic studies (DICOM + report) under `out_dir`; deterministic by seed,
+    whatever the number of `workers` (processes; used from MIN_STUDIES_PER_WORKER studies each)."""
     if not isinstance(n_studies, int) or n_studies < 1:
         raise ValueError(f"n_studies must be a positive integer, got {n_studies!r}")
     if not isinstance(image_size, int) or not 32 <= image_size <= 4096:
@@ -380,22 +397,19 @@ def generate_demo_dataset(
     from tqdm.auto import tqdm
 
     studies = _plan(n_studies, seed, n_institutions, views_per_study_max)
-    n_images = 0
-    rows = []
-    for study in tqdm(studies, desc="demo studies", disable=not progress):
-        patient_dir = out_dir / "files" / f"p{str(study.patient_id)[:2]}" / f"p{study.patient_id}"
-        n_images += _write_study(study, seed, image_size, patient_dir / f"s{study.study_id}")
-        text = _study_report(study, seed)
-        (patient_dir / f"s{study.study_id}.txt").write_text(text, encoding="utf-8")
-        rows.append(
-            (
-                study.study_id,
-                study.patient_id,
-                study.institution.name,
-                study.style,
-                ";".join(study.findings.codes),
-            )
-        )
+    jobs = [(study, seed, image_size, out_dir) for study in studies]
+    # Every study draws from its own seeded generator: worker processes give the same files.
+    workers = max(1, min(int(workers), len(studies) // MIN_STUDIES_PER_WORKER))
+    with contextlib.ExitStack() as stack:
+        if workers > 1:
+            pool = stack.enter_context(ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn")))
+            written = pool.map(_write_study_files, jobs, chunksize=16)
+        else:
+            written = map(_write_study_files, jobs)
+        n_images = sum(tqdm(written, total=len(jobs), desc="demo studies", disable=not progress))
+    rows = [(study.study_id, study.patient_id, study.institution.name, study.style,
+             ";".join(study.findings.codes)) for study in studies]
 
     labels = out_dir / LABELS_FILE
     with labels.open("w", newline="", encoding="utf-8") as handle:

@@ -89,7 +89,7 @@ def embed_shard(
     check_shard(shard, n_shards)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    cache = EmbeddingCache(cache_dir, encoder.content_hash)
+    cache = EmbeddingCache(cache_dir, encoder.document_hash)
     seen: set[str] = set()  # this shard's distinct texts (hashes only)
     n_encoded = 0
     with tqdm(total=parquet_rows(table_file), desc=f"report_embeddings shard {shard}/{n_shards}",

@@ -1,4 +1,5 @@
-"""Report-embedding cache keyed by (text hash, encoder hash), and the streamed embeddings table.
+"""Report-embedding cache keyed by (text hash, encoder document hash), and the streamed embeddings
+table. The key is the encoder's `document_hash`: a refitted query adapter keeps the cache valid.
 
 Re-materializing report_embeddings with unchanged reports and an unchanged encoder encodes
 nothing; a changed report re-encodes only that report.
@@ -119,6 +120,21 @@ def encode_missing(encoder, cache: EmbeddingCache, keys: list[str], texts: list[
     return len(todo)
 
 
+def add_encoded(cache_dir: Path, encoder_hash: str, texts: list[str], vectors: np.ndarray,
+                instruction: str | None) -> int:
+    """Put embeddings computed elsewhere (texts encoded with `instruction` by the encoder whose
+    document hash is `encoder_hash`) into the cache, so report_embeddings does not encode them
+    again. Returns how many were new."""
+    if len(texts) != len(vectors):
+        raise ValueError(f"{len(texts)} texts for {len(vectors)} vectors")
+    cache = EmbeddingCache(cache_dir, encoder_hash)
+    row_of = {text_hash(t, instruction): i for i, t in enumerate(texts)}
+    todo = cache.missing(list(row_of))
+    if todo:
+        cache.add(todo, np.asarray(vectors, dtype=np.float32)[[row_of[k] for k in todo]])
+    return len(todo)
+
+
 @dataclass
 class EmbeddingSummary:
     n_rows: int
@@ -150,7 +166,7 @@ def embed_table(
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    cache = EmbeddingCache(cache_dir, encoder.content_hash)
+    cache = EmbeddingCache(cache_dir, encoder.document_hash)
     n_rows = n_computed = 0
     with (tqdm(total=parquet_rows(table_file), desc="report_embeddings", unit="report",
                disable=not progress) as bar,

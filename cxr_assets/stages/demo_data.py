@@ -22,7 +22,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         summary = generate_demo_dataset(
             tmp, n_studies=d.n_studies, seed=d.seed, image_size=d.image_size,
             n_institutions=d.n_institutions, views_per_study_max=d.views_per_study_max,
-            progress=progress,
+            progress=progress, workers=d.workers,
         )
     return StageResult(
         "demo_data",

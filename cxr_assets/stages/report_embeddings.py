@@ -82,7 +82,7 @@ def run_shard(params: Params, paths: ProjectPaths, shard: int, n_shards: int,
     )
     return StageResult(
         "report_embeddings",
-        {"embedding_cache": paths.embedding_cache_dir / encoder.content_hash},
+        {"embedding_cache": paths.embedding_cache_dir / encoder.document_hash},
         {
             "shard": f"{shard}/{n_shards}",
             "n_texts_in_shard": summary.n_texts,

@@ -52,6 +52,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         release_dir=paths.at(te.release_to) if te.release_to else None,
     )
 
+    reused = _cache_fit_embeddings(result, paths)
     table, notes = None, ["evaluation disabled (text_encoder.evaluation.enabled: false)"]
     differences = None
     if te.evaluation.enabled:
@@ -93,6 +94,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         "contrastive_loss": first_last(result.contrastive_losses),
         "head_loss": first_last(result.head_losses),
         "query_adapter": _query_adapter_summary(result.query_adapter, te.query_adapter.steps),
+        "report_embeddings_cached": reused,
         "resumed_from": result.resumed_from or "fresh start",
         "init_from": te.init_from or "base model",
         "bidirectional": te.bidirectional,
@@ -107,6 +109,19 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     metadata["evaluation"] = Markdown(eval_files[1].read_text())
     metadata["evaluation_file"] = eval_files[0]
     return StageResult("text_encoder", {"text_encoder": result.encoder_dir}, metadata)
+
+
+def _cache_fit_embeddings(result: Any, paths: ProjectPaths) -> int:
+    """The training reports the query adapter was fitted against were encoded by the final
+    encoder: put them in the report-embedding cache, where report_embeddings finds them."""
+    fit = result.query_adapter
+    if fit is None or fit.report_vectors is None:
+        return 0
+    from cxr_assets.embed.text_cache import add_encoded
+
+    # fit_query_adapter encodes without an instruction: keyed as such.
+    return add_encoded(paths.embedding_cache_dir, result.document_hash, fit.reports,
+                       fit.report_vectors, instruction=None)
 
 
 def _query_adapter_summary(fit: Any, steps: int) -> str:

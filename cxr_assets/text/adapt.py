@@ -47,6 +47,8 @@ class AdaptationResult:
     head_losses: list[float] = field(default_factory=list)
     # The query adapter's fit (text/query_adapter.py), None when query_adapter.steps is 0.
     query_adapter: Any = None
+    # What keys the encoder's report embeddings in the cache (TextEncoder.document_hash).
+    document_hash: str = ""
 
 
 def seed_everything(seed: int) -> None:
@@ -406,6 +408,7 @@ def adapt_text_encoder(
     return AdaptationResult(
         encoder_dir=out_dir,
         content_hash=encoder.content_hash,
+        document_hash=encoder.document_hash,
         mntp_losses=mntp_losses,
         contrastive_losses=contrastive_losses,
         simcse_losses=simcse_losses,

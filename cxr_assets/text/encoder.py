@@ -5,8 +5,10 @@ A saved encoder is a plain folder: the merged transformer body (`model.safetenso
 (`pooling_head.safetensors`), the fitted embedding post-processing (`postprocess.safetensors`,
 applied by `encode`), the query adapter when one was fitted (`query_adapter.safetensors`,
 applied by `encode_queries`), and `encoder_config.json` (pooling, instruction, separator, max_length,
-base_model, dim, bidirectional, mean_weight for a head beside the mean, content_hash). `content_hash` identifies what the encoder computes
-(all weight/config/tokenizer bytes + the encoding settings), so embedding caches can key on it.
+base_model, dim, bidirectional, mean_weight for a head beside the mean, content_hash,
+document_hash). `content_hash` identifies what the encoder computes (all weight/config/tokenizer
+bytes + the encoding settings); `document_hash` the same without the query adapter, which moves
+only queries: what `encode` returns for a report, so the report-embedding cache keys on it.
 
 A release folder (`text/release.py`) holds only what differs from the base model (LoRA deltas,
 pooling head, post-processing); `from_pretrained` rebuilds the full encoder from it.
@@ -87,6 +89,7 @@ class TextEncoder:
         mean_weight: float = 0.5,
         mean_taps: Any = None,
         query_adapter: Any = None,
+        document_hash: str | None = None,
     ) -> None:
         from cxr_assets.text.base_model import backbone, prepare_tokenizer
         from cxr_assets.text.bidirectional import enable_bidirectional
@@ -124,6 +127,7 @@ class TextEncoder:
             raise ValueError(f"mean_weight must be in (0, 1), got {mean_weight}")
         self.mean_weight = float(mean_weight)
         self._content_hash = content_hash
+        self._document_hash = document_hash
         self._source_dir = source_dir
         if pooling in HEAD_MODES and pooling_head is None:
             raise ValueError(f"pooling {pooling!r} needs its pooling_head (a LatentAttentionPooling)")
@@ -207,6 +211,13 @@ class TextEncoder:
                 )
             self._content_hash = folder_hash(self._source_dir, self.settings())
         return self._content_hash
+
+    @property
+    def document_hash(self) -> str:
+        """16-hex id of what `encode` computes: the content hash without the query adapter (which
+        `encode_queries` alone applies), so refitting the adapter keeps cached report embeddings.
+        Folders saved before it was stored, and releases, fall back to `content_hash`."""
+        return self._document_hash or self.content_hash
 
     # ------------------------------------------------------------------ construction / storage
     @classmethod
@@ -304,6 +315,7 @@ class TextEncoder:
             stored["max_length"],
             base_model=stored["base_model"],
             content_hash=stored["content_hash"],
+            document_hash=stored.get("document_hash"),
             source_dir=path,
             pooling_head=head,
             bidirectional=bool(stored.get("bidirectional", True)),
@@ -341,14 +353,16 @@ class TextEncoder:
                 self.query_adapter.save(tmp / QUERY_ADAPTER_FILE)
             settings = self.settings()
             content_hash = folder_hash(tmp, settings)
-            (tmp / ENCODER_CONFIG).write_text(
-                json.dumps({**settings, "content_hash": content_hash}, indent=2) + "\n"
-            )
+            document_hash = (content_hash if self.query_adapter is None else
+                             folder_hash(tmp, settings, exclude=(QUERY_ADAPTER_FILE,)))
+            (tmp / ENCODER_CONFIG).write_text(json.dumps(
+                {**settings, "content_hash": content_hash, "document_hash": document_hash},
+                indent=2) + "\n")
             replace_folder(tmp, path)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        self._content_hash = content_hash
+        self._content_hash, self._document_hash = content_hash, document_hash
         self._source_dir = path
 
     # ------------------------------------------------------------------ encoding

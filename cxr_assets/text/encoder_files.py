@@ -18,13 +18,15 @@ _OPTIONAL_FIELDS = {"bidirectional": True, "mean_weight": 0.5, "mean_layers": [-
                     "mean_skip_first_token": False}
 
 
-def folder_hash(folder: Path, settings: dict[str, Any]) -> str:
-    """Short sha256 (16 hex) over every top-level file of `folder` (but encoder_config.json) and `settings`."""
+def folder_hash(folder: Path, settings: dict[str, Any], exclude: tuple[str, ...] = ()) -> str:
+    """Short sha256 (16 hex) over every top-level file of `folder` (but encoder_config.json and
+    the names in `exclude`) and `settings`."""
     digest = hashlib.sha256()
     files = sorted(
         p
         for p in Path(folder).iterdir()
-        if p.is_file() and p.name != ENCODER_CONFIG and not p.name.startswith(".")
+        if p.is_file() and p.name != ENCODER_CONFIG and p.name not in exclude
+        and not p.name.startswith(".")
     )
     for file in files:
         digest.update(file.name.encode() + b"\0")

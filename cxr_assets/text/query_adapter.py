@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,10 @@ class QueryAdapterFit:
     # Held-aside query pairs (a tenth, never trained on): share whose top-10 holds a positive.
     heldout_hit_at_10_before: float
     heldout_hit_at_10_after: float
+    # The distinct reports fitted against and their embeddings (`encoder.encode`, no
+    # instruction): report_embeddings takes them from the cache instead of encoding them again.
+    reports: list[str] = field(default_factory=list)
+    report_vectors: np.ndarray | None = None
 
 
 def _hit_at_10(queries: np.ndarray, docs: np.ndarray, mask: np.ndarray) -> float:
@@ -165,13 +169,19 @@ def _hit_at_10(queries: np.ndarray, docs: np.ndarray, mask: np.ndarray) -> float
 
 
 def fit_query_adapter(encoder: Any, reports: list[str], settings: Any, seed: int,
-                      batch_size: int = 16, progress: bool = False) -> QueryAdapterFit:
+                      batch_size: int = 16, progress: bool = False,
+                      docs: np.ndarray | None = None) -> QueryAdapterFit:
     """Fit an adapter on `encoder`'s embeddings of `reports` (training reports) and their query
     pairs. `settings`: rank, steps, batch_size, lr, weight_decay, loss_scale, per_report
-    (config.QueryAdapterParams). A tenth of the query pairs is held aside to measure the fit."""
+    (config.QueryAdapterParams). A tenth of the query pairs is held aside to measure the fit.
+    `docs`: `encoder.encode(reports)` when the caller has it already (`reports` then distinct)."""
     import torch
 
-    reports = list(dict.fromkeys(r for r in reports if isinstance(r, str) and r.strip()))
+    distinct = list(dict.fromkeys(r for r in reports if isinstance(r, str) and r.strip()))
+    if docs is not None and (distinct != list(reports) or len(docs) != len(reports)):
+        raise ValueError("query adapter: precomputed docs need distinct non-empty reports, one "
+                         f"row each ({len(reports)} reports, {len(docs)} rows)")
+    reports = distinct
     if len(reports) < MIN_REPORTS:
         raise ValueError(f"query adapter: needs at least {MIN_REPORTS} distinct training reports, "
                          f"got {len(reports)}")
@@ -179,7 +189,8 @@ def fit_query_adapter(encoder: Any, reports: list[str], settings: Any, seed: int
     if len(pairs) < 10:
         raise ValueError(f"query adapter: only {len(pairs)} query pairs from {len(reports)} reports "
                          "(reports without short clauses or labeled findings)")
-    docs = encoder.encode(reports, batch_size=batch_size, progress=progress)
+    if docs is None:
+        docs = encoder.encode(reports, batch_size=batch_size, progress=progress)
     if not 1 <= settings.rank < docs.shape[1]:
         raise ValueError(f"query adapter rank {settings.rank} must be below the embedding dim "
                          f"{docs.shape[1]}")
@@ -218,4 +229,5 @@ def fit_query_adapter(encoder: Any, reports: list[str], settings: Any, seed: int
         adapter, len(reports), len(pairs), losses,
         _hit_at_10(queries[aside], docs, mask[aside]),
         _hit_at_10(adapter(queries[aside]), docs, mask[aside]),
+        reports, docs,
     )

@@ -154,6 +154,21 @@ def test_same_seed_is_byte_identical_and_other_seed_differs(small, tmp_path):
     assert {p.name for p in (other / "files").rglob("*.dcm")}.isdisjoint({p.name for p in first})
 
 
+def test_worker_processes_write_the_same_files(tmp_path):
+    from cxr_assets.demo.generate import MIN_STUDIES_PER_WORKER
+
+    n = 2 * MIN_STUDIES_PER_WORKER  # enough for two processes
+    serial, parallel = tmp_path / "serial", tmp_path / "parallel"
+    generate_demo_dataset(serial, n_studies=n, seed=5, image_size=32, progress=False)
+    summary = generate_demo_dataset(parallel, n_studies=n, seed=5, image_size=32,
+                                    progress=False, workers=2)
+    first, second = _all_files(serial), _all_files(parallel)
+    assert summary.n_studies == n and summary.n_images == len(list(parallel.rglob("*.dcm")))
+    assert [p.relative_to(serial) for p in first] == [p.relative_to(parallel) for p in second]
+    for a, b in zip(first, second):
+        assert a.read_bytes() == b.read_bytes(), a.relative_to(serial)
+
+
 def test_rerun_replaces_previous_demo_and_refuses_foreign_folder(tmp_path):
     out = tmp_path / "demo"
     generate_demo_dataset(out, n_studies=6, seed=1, image_size=48, progress=False)

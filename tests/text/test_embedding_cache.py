@@ -16,6 +16,7 @@ class CountingEncoder:
     """Vectors derived from the text's hash; counts every text it is asked to encode."""
 
     content_hash = "enc-test"
+    document_hash = "enc-test"  # what the cache keys on (no query adapter here)
     dim = 8
 
     def __init__(self) -> None:

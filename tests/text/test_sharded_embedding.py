@@ -159,7 +159,7 @@ def test_killed_shard_rerun_encodes_only_its_unfinished_texts(tmp_path: Path, ti
         dying.wait()
     assert finishing.wait(timeout=600) == 0, finishing.stderr.read()[-2000:]
 
-    cache = EmbeddingCache(cache_dir, encoder.content_hash)
+    cache = EmbeddingCache(cache_dir, encoder.document_hash)
     done = {k for k in keys if k in cache}
     assert other <= done  # the other shard finished
     kept = done & mine

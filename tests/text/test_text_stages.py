@@ -34,7 +34,7 @@ def test_task_batches_hold_one_task_each() -> None:
         task_batches(["x", "y"], 4, 3, 0)
 
 
-def _project(root: Path, tiny_dir: Path, **text_encoder) -> tuple:
+def _project(root: Path, tiny_dir: Path, texts: list[str] | None = None, **text_encoder) -> tuple:
     from cxr_assets.config import parse_params
     from cxr_assets.paths import ProjectPaths
     from cxr_assets.reports.variants import build_variants
@@ -44,19 +44,49 @@ def _project(root: Path, tiny_dir: Path, **text_encoder) -> tuple:
     raw["text_encoder"].update(text_encoder)
     params = parse_params(raw)
     paths = ProjectPaths.from_params(params, root)
-    n = 12
+    n = 12 if texts is None else len(texts)
     reports = pl.DataFrame({
         "study_id": [f"s{i:02d}" for i in range(n)], "patient_id": [f"p{i}" for i in range(n)],
         "findings": [FINDINGS[i % 6] for i in range(n)],
         "impression": [IMPRESSIONS[i % 6] for i in range(n)],
     }).with_columns((pl.col("findings") + " " + pl.col("impression")).alias("report_for_training"))
+    if texts is not None:  # whole reports as given (the findings/impression columns stay)
+        reports = reports.with_columns(pl.Series("report_for_training", texts))
+    n_train = (3 * n) // 4
     splits = pl.DataFrame({"study_id": reports["study_id"],
-                           "split": ["train"] * 9 + ["test"] * 3})
+                           "split": ["train"] * n_train + ["test"] * (n - n_train)})
     paths.catalog_dir.mkdir(parents=True, exist_ok=True)
     reports.write_parquet(paths.report_texts_table)
     splits.write_parquet(paths.splits_table)
     build_variants(reports, splits, seed=1, progress=False).write_parquet(paths.report_variants_table)
     return params, paths
+
+
+def test_query_adapter_reports_are_not_encoded_again(tiny_dir: Path, tmp_path: Path) -> None:
+    """The training reports the query adapter was fitted against go into the report-embedding
+    cache under the encoder's document hash: report_embeddings reads them, encodes the rest, and
+    what it reads equals a fresh encode."""
+    from cxr_assets.demo.generate import sample_reports
+    from cxr_assets.stages import report_embeddings, text_encoder
+    from cxr_assets.text.encoder import TextEncoder
+
+    texts = list(dict.fromkeys(sample_reports(60, seed=4)))[:40]
+    params, paths = _project(tmp_path, tiny_dir, texts=texts, mlflow=False,
+                             evaluation={"enabled": False},
+                             query_adapter={"steps": 20, "rank": 4, "n_fit": 16})
+    meta = text_encoder.run(params, paths, progress=False).metadata
+    assert meta["report_embeddings_cached"] == 16
+    encoder = TextEncoder.from_pretrained(paths.text_encoder_dir)
+    assert encoder.query_adapter is not None
+    # The adapter moves only queries: the cache key leaves it out.
+    assert encoder.document_hash != encoder.content_hash
+
+    table = report_embeddings.run(params, paths, progress=False)
+    assert table.metadata["n_from_cache"] == 16
+    assert table.metadata["n_encoded_now"] == len(texts) - 16
+    stored = pl.read_parquet(paths.report_embeddings_table)
+    np.testing.assert_allclose(np.stack(stored["embedding"].to_numpy()),
+                               encoder.encode(texts, progress=False), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -470,6 +470,9 @@ class ComparisonParams(_Section):
     sites_csv: str | None = Field(None, description="CSV with study_id and site_column")
     sites_csv_study_prefix: str = Field("", description="prepended to the CSV's study ids")
     holdout_sites: list[str] = Field([], description="sites held out in turn; [] = every site")
+    workers: int = Field(1, ge=1, le=32, description=(
+        "baseline CLIPs trained side by side in processes, each with clip.threads / workers "
+        "threads (small CPU models use 2 cores better as 2 one-thread trainings)"))
 
 
 class EvaluationParams(_Section):

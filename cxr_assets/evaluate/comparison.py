@@ -162,18 +162,25 @@ def comparison_pairs(paths) -> pl.DataFrame:
 
 
 def train_and_embed(params, paths, train: pl.DataFrame, val: pl.DataFrame, held: pl.DataFrame,
-                    emb: dict[str, np.ndarray], progress: bool) -> tuple[np.ndarray, np.ndarray]:
+                    emb: dict[str, np.ndarray], progress: bool, threads: int | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Train CLIP on (train, val) rows and embed the held-out rows' images and reports.
 
     Same budget and in-batch positives (clip.positives) as clip_model, so towers differ only
-    in their report embeddings (`emb`: study_id -> report embedding).
+    in their report embeddings (`emb`: study_id -> report embedding). `threads`: instead of
+    clip.threads (a worker process's share).
     """
+    import torch
+
     from cxr_assets.clip.pairs import positive_keys
     from cxr_assets.clip.train import train_clip
     from cxr_assets.embed.images import embed_images, embed_texts
 
     c = params.clip
+    if threads is not None:
+        torch.set_num_threads(threads)
     budget = c.model_copy(update={
+        "threads": threads or c.threads,
         "text_tower": "cached", "epochs": params.evaluation.comparison.epochs or c.epochs,
         "distributed": c.distributed.model_copy(update={"nproc_per_node": 1}),
         "checkpoint": c.checkpoint.model_copy(update={"every_n_steps": 0, "resume": False})})
@@ -213,15 +220,14 @@ def compare_towers(params, paths, pairs: pl.DataFrame, studies: pl.DataFrame,
     cells, notes = [], [budget]
     train, val = pairs.filter(pl.col("split") == "train"), pairs.filter(pl.col("split") == "val")
     test = one_image_per_study(pairs.filter(pl.col("split") == "test"))
-    for tower in cfg.text_towers:
-        if tower == "adapted":  # the clip_model of this run, on the evaluation_report's test pool
-            pool = test_pool(paths).rename({"report_for_training": "report"})
-            cells.append(cell("adapted", "in_domain", train.height, pool,
-                              np.asarray(pool["image_embedding"].to_list(), np.float32),
-                              np.asarray(pool["report_embedding"].to_list(), np.float32)))
-            continue
-        image_emb, text_emb = train_and_embed(params, paths, train, val, test, embeddings[tower], progress)
-        cells.append(cell(tower, "in_domain", train.height, test, image_emb, text_emb))
+    # Every CLIP to train: (tower, protocol, train rows, val rows, held-out rows).
+    jobs = [(tower, "in_domain", train, val, test) for tower in cfg.text_towers
+            if tower != "adapted"]
+    if "adapted" in cfg.text_towers:  # the clip_model of this run, on evaluation_report's pool
+        pool = test_pool(paths).rename({"report_for_training": "report"})
+        cells.append(cell("adapted", "in_domain", train.height, pool,
+                          np.asarray(pool["image_embedding"].to_list(), np.float32),
+                          np.asarray(pool["report_embedding"].to_list(), np.float32)))
 
     if cfg.cross_site:
         sites_csv = paths.at(cfg.sites_csv) if cfg.sites_csv else None
@@ -235,11 +241,46 @@ def compare_towers(params, paths, pairs: pl.DataFrame, studies: pl.DataFrame,
         for site in holdouts:
             site_train, site_val, held = cross_site_split(pairs, sites, site)
             held = one_image_per_study(held)
-            for tower in cfg.text_towers:
-                image_emb, text_emb = train_and_embed(params, paths, site_train, site_val, held,
-                                                      embeddings[tower], progress)
-                cells.append(cell(tower, f"cross_site:{site}", site_train.height, held, image_emb, text_emb))
+            jobs += [(tower, f"cross_site:{site}", site_train, site_val, held)
+                     for tower in cfg.text_towers]
+    trained = train_side_by_side(
+        params, paths, [(train_rows, val_rows, held, embeddings[tower])
+                        for tower, _, train_rows, val_rows, held in jobs], cfg.workers, progress)
+    for (tower, protocol, train_rows, _, held), (image_emb, text_emb) in zip(jobs, trained):
+        cells.append(cell(tower, protocol, train_rows.height, held, image_emb, text_emb))
+    order = {tower: i for i, tower in enumerate(cfg.text_towers)}  # rows by protocol, then tower
+    protocols = list(dict.fromkeys(["in_domain", *(protocol for _, protocol, *_ in jobs)]))
+    cells.sort(key=lambda c: (protocols.index(c.protocol), order[c.tower]))
+    if cfg.workers > 1 and len(jobs) > 1:
+        notes.append(f"{len(jobs)} CLIPs trained {min(cfg.workers, len(jobs))} at a time, "
+                     f"{max(1, params.clip.threads // cfg.workers)} thread(s) each")
     return cells, notes
+
+
+def _train_job(args: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """One CLIP of `train_side_by_side` (module level: a spawned worker process imports it)."""
+    params, paths, train, val, held, emb, threads = args
+    return train_and_embed(params, paths, train, val, held, emb, progress=False, threads=threads)
+
+
+def train_side_by_side(params, paths, jobs: list[tuple], workers: int, progress: bool
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`train_and_embed` for each (train, val, held, embeddings) job, in order: here one by one,
+    or `workers` at a time in spawned processes sharing clip.threads between them."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+
+    workers = min(workers, len(jobs))
+    if workers <= 1:
+        return [train_and_embed(params, paths, train, val, held, emb, progress)
+                for train, val, held, emb in jobs]
+    threads = max(1, params.clip.threads // workers)
+    args = [(params, paths, train, val, held, emb, threads) for train, val, held, emb in jobs]
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        return list(tqdm(pool.map(_train_job, args), total=len(args), disable=not progress,
+                         desc=f"comparison CLIPs ({workers} at a time)", unit="CLIP"))
 
 
 def cell_metrics(cells: list[ComparisonCell]) -> dict[str, float]:

@@ -106,3 +106,16 @@ def test_each_selector_picks_its_own_epoch_from_one_history():
     assert picked == {"val_loss": 1, "val_recall": 3}  # recall tie 2/3: the later epoch
     assert min(history, key=lambda r: epoch_score("last", r))["epoch"] == 5
     assert not epoch_score("val_loss", history[4]) < epoch_score("val_loss", history[0])
+
+
+def test_a_preloaded_split_gives_the_items_read_from_disk(pairs):
+    """Small splits are decoded once into memory; each item is a copy, equal to a disk read."""
+    paths, texts = pairs[0], pairs[1]
+    preloaded = CachedPairDataset(paths, texts, 32)
+    from_disk = CachedPairDataset(paths, texts, 32, preload_max_bytes=0)
+    assert preloaded.images is not None and from_disk.images is None
+    for i in range(len(paths)):
+        (a, ta), (b, tb) = preloaded[i], from_disk[i]
+        assert torch.equal(a, b) and torch.equal(ta, tb)
+    preloaded[0][0].fill_(9.0)  # a caller writing into an item leaves the split unchanged
+    assert torch.equal(preloaded[0][0], from_disk[0][0])

@@ -64,3 +64,41 @@ def test_cells_carry_chance_and_a_ci_and_the_table_marks_the_best() -> None:
     markdown = comparison_markdown([perfect, shuffled], [1, 5], ["budget note"])
     assert "**1.000 (1.000-1.000)**" in markdown and "- budget note" in markdown
     assert "| minilm | 50 |" in markdown
+
+
+def test_clips_trained_side_by_side_equal_the_ones_trained_in_turn(tmp_path) -> None:
+    """Worker processes (spawned, clip.threads split between them) train exactly the CLIPs the
+    stage would train one by one with that many threads: the towers' rows do not depend on it."""
+    from cxr_assets.config import parse_params
+    from cxr_assets.evaluate.comparison import train_side_by_side
+    from cxr_assets.paths import ProjectPaths
+    from tests.clip.conftest import write_pngs
+    from tests.helpers import tiny_params
+
+    labels = np.arange(24) % 4
+    images = write_pngs(tmp_path / "images", labels, size=32)
+    rows = pl.DataFrame({"study_id": [f"s{i}" for i in range(24)],
+                         "cache_path": [str(p) for p in images]})
+    train, val, held = rows[:14], rows[14:18], rows[18:]
+    rng = np.random.default_rng(0)
+    towers = [{s: rng.normal(size=12).astype(np.float32) + label
+               for s, label in zip(rows["study_id"], labels)} for _ in range(2)]
+    jobs = [(train, val, held, emb) for emb in towers]
+
+    def params(threads: int, workers: int):
+        raw = tiny_params(tmp_path, tmp_path / "no-llm", clip={
+            "threads": threads, "positives": "paired", "image_size": 32, "embed_dim": 8,
+            "epochs": 2, "batch_size": 6, "vision_backbone": "resnet10t"})
+        raw["evaluation"]["comparison"]["workers"] = workers
+        checked = parse_params(raw)
+        return checked, ProjectPaths.from_params(checked, tmp_path)
+
+    in_turn = train_side_by_side(*params(1, 1), jobs, workers=1, progress=False)
+    side_by_side = train_side_by_side(*params(2, 2), jobs, workers=2, progress=False)
+    assert len(side_by_side) == 2
+    for (image_a, text_a), (image_b, text_b) in zip(in_turn, side_by_side):
+        assert image_a.shape == (6, 8) and text_a.shape == (6, 8)
+        np.testing.assert_allclose(image_b, image_a, atol=1e-4)
+        np.testing.assert_allclose(text_b, text_a, atol=1e-4)
+    # The two towers' inputs differ: so do their CLIPs (the jobs were not mixed up).
+    assert not np.allclose(in_turn[0][1], in_turn[1][1])

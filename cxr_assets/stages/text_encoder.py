@@ -52,7 +52,7 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
         release_dir=paths.at(te.release_to) if te.release_to else None,
     )
 
-    reused = _cache_fit_embeddings(result, paths)
+    reused = _cache_fit_embeddings(result, paths, te.instruction)
     table, notes = None, ["evaluation disabled (text_encoder.evaluation.enabled: false)"]
     differences = None
     if te.evaluation.enabled:
@@ -111,15 +111,16 @@ def run(params: Params, paths: ProjectPaths, progress: bool = True) -> StageResu
     return StageResult("text_encoder", {"text_encoder": result.encoder_dir}, metadata)
 
 
-def _cache_fit_embeddings(result: Any, paths: ProjectPaths) -> int:
+def _cache_fit_embeddings(result: Any, paths: ProjectPaths, instruction: str) -> int:
     """The training reports the query adapter was fitted against were encoded by the final
-    encoder: put them in the report-embedding cache, where report_embeddings finds them."""
+    encoder: put them in the report-embedding cache, where report_embeddings finds them.
+    Returns how many were added (none when report_embeddings encodes with an instruction: the
+    adapter's reports were encoded without one)."""
     fit = result.query_adapter
-    if fit is None or fit.report_vectors is None:
+    if fit is None or fit.report_vectors is None or instruction:
         return 0
     from cxr_assets.embed.text_cache import add_encoded
 
-    # fit_query_adapter encodes without an instruction: keyed as such.
     return add_encoded(paths.embedding_cache_dir, result.document_hash, fit.reports,
                        fit.report_vectors, instruction=None)
 

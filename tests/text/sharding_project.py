@@ -66,6 +66,7 @@ class Counting:
     def __init__(self, encoder) -> None:
         self.encoder, self.encoded = encoder, []
         self.content_hash, self.dim = encoder.content_hash, encoder.dim
+        self.document_hash = encoder.document_hash  # what the embedding cache keys on
 
     def encode(self, texts, **kwargs):
         self.encoded += list(texts)
